@@ -1,0 +1,49 @@
+"""``create_app(settings)``: the FastAPI application; its lifespan owns the database pool."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+from fastapi import FastAPI
+from psycopg_pool import AsyncConnectionPool
+
+from api import errors
+from api.responses import JsonResponse
+from api.routes import health, vehicles
+from milepost.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+class State(TypedDict):
+    pool: AsyncConnectionPool
+    settings: Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[State]:
+        p = AsyncConnectionPool(settings.database_url, min_size=1,
+                                max_size=settings.db_pool_max, open=False, name="api")  # fmt: skip
+        await p.open(wait=False)
+        try:
+            yield {"pool": p, "settings": settings}
+        finally:
+            await p.close()
+
+    app = FastAPI(
+        title="milepost",
+        version="1",
+        summary="Fleet GPS and RFID telemetry for last-mile parcel delivery",
+        lifespan=lifespan,
+        default_response_class=JsonResponse,
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(vehicles.router)
+    return app

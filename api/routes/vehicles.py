@@ -1,0 +1,173 @@
+"""``GET /v1/vehicles`` and ``GET /v1/vehicles/{vehicle_id}/track``."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel, Field
+
+from api.deps import pool, require
+from api.errors import ApiError
+from psycopg_pool import AsyncConnectionPool
+
+router = APIRouter(prefix="/v1/vehicles", tags=["vehicles"])
+dispatcher = Depends(require("dispatcher"))
+
+SILENT_AFTER_S = 300.0
+MOVING_MPS = 1.0
+MAX_TRACK_POINTS = 10_000
+
+
+class Vehicle(BaseModel):
+    vehicle_id: str
+    time: datetime = Field(description="time of the newest fix (device time)")
+    lon: float
+    lat: float
+    speed_mps: float | None
+    heading_deg: float | None
+    acc_m: float | None
+    motion: str = Field(description="driving | stopped | at_stop | at_hub | silent")
+    stop_id: str | None = Field(description="the stop whose geofence holds the vehicle")
+    age_s: float = Field(description="seconds since the newest fix")
+
+
+class VehicleList(BaseModel):
+    vehicles: list[Vehicle]
+    count: int
+
+
+class TrackPoint(BaseModel):
+    time: datetime
+    lon: float
+    lat: float
+    speed_mps: float | None
+    heading_deg: float | None
+
+
+class Track(BaseModel):
+    vehicle_id: str
+    start: datetime
+    end: datetime
+    bucket_s: float | None
+    points: list[TrackPoint]
+    next_cursor: str | None = Field(
+        description="pass as start= to get the points after this page; null on the last page"
+    )
+
+
+def _bbox(text: str | None) -> tuple[float, float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        w, s, e, n = (float(x) for x in text.split(","))
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", "bbox must be minLon,minLat,maxLon,maxLat") from exc
+    if not (-180 <= w <= e <= 180 and -90 <= s <= n <= 90):
+        raise ApiError(422, "invalid_request", "bbox out of range or inverted")
+    return w, s, e, n
+
+
+@router.get("", response_model=VehicleList, summary="Latest position of every vehicle")
+async def list_vehicles(
+    p: Annotated[AsyncConnectionPool, Depends(pool)],
+    _key: Annotated[object, dispatcher],
+    bbox: Annotated[str | None, Query(description="minLon,minLat,maxLon,maxLat",
+                                      examples=["13.3,52.4,13.5,52.6"])] = None,  # fmt: skip
+) -> VehicleList:
+    box = _bbox(bbox)
+    where, params = "", ()
+    if box:
+        where = " WHERE lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s"
+        params = (box[0], box[2], box[1], box[3])  # type: ignore[assignment]
+    async with p.connection() as conn:
+        cur = await conn.execute(
+            "SELECT vehicle_id, time, lon, lat, speed_mps, heading_deg, acc_m, motion, stop_id,"
+            " extract(epoch FROM now() - time) FROM vehicle_latest" + where
+            + " ORDER BY vehicle_id",
+            params,
+        )
+        rows = await cur.fetchall()
+    out = []
+    for vid, t, lon, lat, speed, heading, acc, motion, stop_id, age in rows:
+        age = float(age)
+        if motion is None:
+            motion = ("silent" if age > SILENT_AFTER_S
+                      else "driving" if (speed or 0.0) >= MOVING_MPS else "stopped")  # fmt: skip
+        out.append(Vehicle(vehicle_id=vid, time=t, lon=lon, lat=lat, speed_mps=speed,
+                           heading_deg=heading, acc_m=acc, motion=motion, stop_id=stop_id,
+                           age_s=round(age, 3)))  # fmt: skip
+    return VehicleList(vehicles=out, count=len(out))
+
+
+_BUCKET = re.compile(r"^(\d+)(ms|s|m|h)$")
+
+
+def parse_bucket(text: str) -> timedelta:
+    m = _BUCKET.match(text)
+    if not m:
+        raise ApiError(422, "invalid_request", "bucket must look like 500ms, 30s, 5m or 1h")
+    n, unit = int(m.group(1)), m.group(2)
+    delta = {"ms": timedelta(milliseconds=n), "s": timedelta(seconds=n),
+             "m": timedelta(minutes=n), "h": timedelta(hours=n)}[unit]  # fmt: skip
+    if delta <= timedelta(0):
+        raise ApiError(422, "invalid_request", "bucket must be positive")
+    return delta
+
+
+@router.get("/{vehicle_id}/track", response_model=Track, summary="Fixes of one vehicle")
+async def track(
+    p: Annotated[AsyncConnectionPool, Depends(pool)],
+    _key: Annotated[object, dispatcher],
+    vehicle_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")],
+    start: Annotated[datetime | None, Query(description="RFC 3339; default: end - 1 h")] = None,
+    end: Annotated[datetime | None, Query(description="RFC 3339; default: now")] = None,
+    bucket: Annotated[str | None, Query(description="downsample, e.g. 30s or 5m",
+                                        examples=["1m"])] = None,  # fmt: skip
+    limit: Annotated[int, Query(ge=1, le=MAX_TRACK_POINTS)] = 5000,
+) -> Track:
+    end = end or datetime.now(UTC)
+    start = start or end - timedelta(hours=1)
+    for t in (start, end):
+        if t.tzinfo is None:
+            raise ApiError(422, "invalid_request", "start and end need a UTC offset")
+    if start > end:
+        raise ApiError(422, "invalid_request", "start is after end")
+    step = parse_bucket(bucket) if bucket else None
+    async with p.connection() as conn:
+        exists = await conn.execute(
+            "SELECT 1 FROM vehicle_latest WHERE vehicle_id = %s"
+            " UNION ALL SELECT 1 FROM vehicle WHERE vehicle_id = %s LIMIT 1",
+            (vehicle_id, vehicle_id),
+        )
+        if await exists.fetchone() is None:
+            raise ApiError(404, "not_found", f"no vehicle {vehicle_id!r}")
+        if step is None:
+            cur = await conn.execute(
+                "SELECT time, lon, lat, speed_mps, heading_deg FROM gps_fix"
+                " WHERE vehicle_id = %s AND time >= %s AND time <= %s"
+                " ORDER BY time LIMIT %s",
+                (vehicle_id, start, end, limit + 1),
+            )
+        else:
+            cur = await conn.execute(
+                "SELECT time_bucket(%s, time) AS b, last(lon, time), last(lat, time),"
+                " avg(speed_mps), last(heading_deg, time) FROM gps_fix"
+                " WHERE vehicle_id = %s AND time >= %s AND time <= %s"
+                " GROUP BY b ORDER BY b LIMIT %s",
+                (step, vehicle_id, start, end, limit + 1),
+            )
+        rows = await cur.fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    points = [TrackPoint(time=r[0], lon=r[1], lat=r[2], speed_mps=r[3], heading_deg=r[4])
+              for r in rows]  # fmt: skip
+    cursor = None
+    if more:
+        last = rows[-1][0] + (step or timedelta(microseconds=1))
+        cursor = last.isoformat()
+    return Track(vehicle_id=vehicle_id, start=start, end=end,
+                 bucket_s=step.total_seconds() if step else None, points=points,
+                 next_cursor=cursor)  # fmt: skip

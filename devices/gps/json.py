@@ -1,0 +1,115 @@
+"""milepost's own GPS JSON (topic ``fleet/{vehicle_id}/gps``).
+
+One object or an array of objects. ``ts`` is an RFC 3339 string or Unix seconds;
+``lat`` and ``lon`` are required; ``speed`` (m/s), ``heading`` (deg), ``acc`` (m),
+``alt`` (m), ``sats`` and ``seq`` are optional.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from devices.errors import DecodeError, FieldError
+from devices.records import US_PER_S, GpsFix
+
+_MAX_FIXES = 100_000
+
+
+def _number(obj: dict[str, Any], key: str, *, required: bool = False) -> float:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise FieldError(f"missing {key!r}")
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FieldError(f"{key!r} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _integer(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key)
+    if value is None:
+        return -1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FieldError(f"{key!r} must be an integer, got {value!r}")
+    return value
+
+
+def parse_ts_us(value: Any) -> int:
+    """RFC 3339 string (with offset) or Unix seconds number -> epoch microseconds."""
+    if isinstance(value, bool):
+        raise FieldError("'ts' must be a string or a number")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise FieldError("'ts' is not finite")
+        return round(value * US_PER_S)
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise FieldError(f"'ts' is not RFC 3339: {value!r}") from exc
+        if dt.tzinfo is None:
+            raise FieldError(f"'ts' has no UTC offset: {value!r}")
+        whole = int(dt.timestamp())
+        return whole * US_PER_S + dt.microsecond
+    if value is None:
+        raise FieldError("missing 'ts'")
+    raise FieldError(f"'ts' must be a string or a number, got {type(value).__name__}")
+
+
+def _fix(obj: Any) -> GpsFix:
+    if not isinstance(obj, dict):
+        raise FieldError(f"a fix must be a JSON object, got {type(obj).__name__}")
+    return GpsFix(
+        ts_us=parse_ts_us(obj.get("ts")),
+        lon_deg=_number(obj, "lon", required=True),
+        lat_deg=_number(obj, "lat", required=True),
+        speed_mps=_number(obj, "speed"),
+        heading_deg=_number(obj, "heading"),
+        acc_m=_number(obj, "acc"),
+        alt_m=_number(obj, "alt"),
+        sats=_integer(obj, "sats"),
+        seq=_integer(obj, "seq"),
+    )
+
+
+def decode(payload: bytes) -> list[GpsFix]:
+    """Decode one JSON fix or an array of fixes; any malformed element fails the payload."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"not JSON: {exc}") from exc
+    items = doc if isinstance(doc, list) else [doc]
+    if len(items) > _MAX_FIXES:
+        raise FieldError(f"too many fixes in one payload ({len(items)} > {_MAX_FIXES})")
+    fixes = []
+    for i, item in enumerate(items):
+        try:
+            fixes.append(_fix(item))
+        except DecodeError as exc:
+            raise type(exc)(f"fix {i}: {exc}" if len(items) > 1 else str(exc)) from exc
+    return fixes
+
+
+def _fix_object(f: GpsFix) -> dict[str, Any]:
+    obj: dict[str, Any] = {"ts": f.ts_us / US_PER_S, "lat": f.lat_deg, "lon": f.lon_deg}
+    for key, value in (("speed", f.speed_mps), ("heading", f.heading_deg), ("acc", f.acc_m),
+                       ("alt", f.alt_m)):  # fmt: skip
+        if not math.isnan(value):
+            obj[key] = value
+    if f.sats >= 0:
+        obj["sats"] = f.sats
+    if f.seq >= 0:
+        obj["seq"] = f.seq
+    return obj
+
+
+def encode(fixes: list[GpsFix]) -> bytes:
+    """The inverse of :func:`decode`: one object for one fix, else an array."""
+    if len(fixes) == 1:
+        return orjson.dumps(_fix_object(fixes[0]))
+    return orjson.dumps([_fix_object(f) for f in fixes])

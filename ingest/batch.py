@@ -1,0 +1,128 @@
+"""Bounded columnar batches: messages are appended as small arrays and drained whole.
+
+A batch fills until it holds ``max_rows`` rows or ``max_messages`` messages, or its
+first message is ``max_ms`` old; then it is drained and written in one transaction.
+Ack tokens travel with the rows they acknowledge, so a message is acknowledged to the
+broker only after everything it produced has committed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from devices.records import GPS_FIX_DTYPE
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    received_us: int
+    source: str
+    payload: bytes
+    reason: str
+
+
+@dataclass(slots=True)
+class FixFrame:
+    """Columns of GPS fixes: the structured ``fix`` array plus vehicle codes and receipt time."""
+
+    fix: NDArray[Any]  # GPS_FIX_DTYPE
+    vehicle: NDArray[np.int32]  # codes into ``vehicles``
+    received_us: NDArray[np.int64]
+    vehicles: list[str]
+
+    def __len__(self) -> int:
+        return len(self.fix)
+
+    def take(self, index: NDArray[np.bool_] | NDArray[np.intp]) -> FixFrame:
+        return FixFrame(self.fix[index], self.vehicle[index], self.received_us[index], self.vehicles)
+
+    @staticmethod
+    def empty() -> FixFrame:
+        return FixFrame(
+            np.empty(0, GPS_FIX_DTYPE), np.empty(0, np.int32), np.empty(0, np.int64), []
+        )
+
+
+@dataclass(slots=True)
+class Drained:
+    fixes: FixFrame
+    dead: list[DeadLetter]
+    tokens: list[Any]
+    messages: int
+
+
+@dataclass(slots=True)
+class Batch:
+    max_rows: int
+    max_messages: int
+    max_ms: float
+    _parts: list[NDArray[Any]] = field(default_factory=list)
+    _codes: list[int] = field(default_factory=list)
+    _received: list[int] = field(default_factory=list)
+    _vehicle_code: dict[str, int] = field(default_factory=dict)
+    _dead: list[DeadLetter] = field(default_factory=list)
+    _tokens: list[Any] = field(default_factory=list)
+    rows: int = 0
+    messages: int = 0
+    _opened: float = 0.0
+
+    def _touch(self) -> None:
+        if self.messages == 0:
+            self._opened = time.monotonic()
+        self.messages += 1
+
+    def add_fixes(
+        self, vehicle_id: str, fixes: NDArray[Any], received_us: int, token: Any = None
+    ) -> None:
+        """Append one message's fixes (a GPS_FIX_DTYPE array) for one vehicle."""
+        self._touch()
+        if len(fixes):
+            code = self._vehicle_code.setdefault(vehicle_id, len(self._vehicle_code))
+            self._parts.append(fixes)
+            self._codes.append(code)
+            self._received.append(received_us)
+            self.rows += len(fixes)
+        if token is not None:
+            self._tokens.append(token)
+
+    def add_dead(self, dead: DeadLetter, token: Any = None) -> None:
+        self._touch()
+        self._dead.append(dead)
+        self.rows += 1
+        if token is not None:
+            self._tokens.append(token)
+
+    def due(self, now: float | None = None) -> bool:
+        if self.messages == 0:
+            return False
+        if self.rows >= self.max_rows or self.messages >= self.max_messages:
+            return True
+        now = time.monotonic() if now is None else now
+        return (now - self._opened) * 1000.0 >= self.max_ms
+
+    def seconds_until_due(self) -> float:
+        if self.messages == 0:
+            return self.max_ms / 1000.0
+        return max(0.0, self.max_ms / 1000.0 - (time.monotonic() - self._opened))
+
+    def drain(self) -> Drained:
+        if self._parts:
+            lengths = np.fromiter((len(p) for p in self._parts), np.int64, len(self._parts))
+            frame = FixFrame(
+                np.concatenate(self._parts),
+                np.repeat(np.asarray(self._codes, np.int32), lengths),
+                np.repeat(np.asarray(self._received, np.int64), lengths),
+                list(self._vehicle_code),
+            )
+        else:
+            frame = FixFrame.empty()
+        out = Drained(frame, self._dead, self._tokens, self.messages)
+        self._parts, self._codes, self._received = [], [], []
+        self._vehicle_code, self._dead, self._tokens = {}, [], []
+        self.rows = self.messages = 0
+        return out

@@ -1,0 +1,164 @@
+"""MQTT transport: the only module that imports aiomqtt.
+
+Persistent session (fixed client id, clean start off, a session expiry) at QoS 1, so
+the broker queues while milepost is down. Acknowledgements are manual: a message is
+acknowledged only once everything it produced has committed (aiomqtt issue #345:
+paho's ``manual_ack_set`` / ``ack``), so a crash at any point loses nothing and the
+broker redelivers what was not acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S = 7 * 24 * 3600
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class AckToken:
+    """What the broker needs to release one message: the connection it came on and its id."""
+
+    generation: int
+    mid: int
+    qos: int
+
+
+Handler = Callable[[str, bytes, AckToken], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def from_url(
+        cls, url: str, default_credentials: tuple[str, str] | None = None
+    ) -> BrokerAddress:
+        parts = urlsplit(url)
+        tls = parts.scheme == "mqtts"
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
+        if user is None and default_credentials is not None:
+            user, password = default_credentials
+        return cls(parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883),
+                   user, password, tls)  # fmt: skip
+
+
+class MqttSource:
+    """Subscribes, hands every message to ``handler`` in order, and reconnects with backoff."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        *,
+        client_id: str,
+        topics: Iterable[str],
+        handler: Handler,
+        receive_maximum: int = 1000,
+    ) -> None:
+        self._address = address
+        self._client_id = client_id
+        self._topics = tuple(topics)
+        self._handler = handler
+        self._receive_maximum = receive_maximum
+        self._client: aiomqtt.Client | None = None
+        self._generation = 0
+        self.connected = False
+        self.connects = 0
+
+    def ack(self, tokens: Iterable[AckToken]) -> int:
+        """Acknowledge messages of the current connection, in the order received.
+
+        Tokens of an earlier connection are skipped: the broker redelivers those
+        messages on the new session, and the writer stores each fix once.
+        """
+        client = self._client
+        if client is None:
+            return 0
+        paho = client._client  # noqa: SLF001  (no public manual-ack API yet, aiomqtt #345)
+        n = 0
+        for t in tokens:
+            if t.generation == self._generation and t.qos > 0:
+                paho.ack(t.mid, t.qos)
+                n += 1
+        return n
+
+    def _make_client(self) -> aiomqtt.Client:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.ReceiveMaximum = self._receive_maximum
+        a = self._address
+        client = aiomqtt.Client(
+            a.host,
+            a.port,
+            username=a.username,
+            password=a.password,
+            identifier=self._client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=props,
+            keepalive=30,
+            timeout=10,
+            tls_params=aiomqtt.TLSParameters() if a.tls else None,
+        )
+        # must be set before CONNECT: a persistent session delivers queued messages at once
+        client._client.manual_ack_set(True)  # noqa: SLF001
+        return client
+
+    async def run(self) -> None:
+        """Run until cancelled; broker outages are logged once and retried with backoff."""
+        delay = BACKOFF_MIN_S
+        down_since: float | None = None
+        while True:
+            client = self._make_client()
+            try:
+                async with client:
+                    self._generation += 1
+                    self._client = client
+                    self.connected = True
+                    self.connects += 1
+                    for topic in self._topics:
+                        await client.subscribe(topic, qos=1)
+                    if down_since is not None:
+                        log.info("broker connection restored after %.1f s",
+                                 time.monotonic() - down_since)  # fmt: skip
+                    else:
+                        log.info("connected to broker %s:%d as %s, subscribed to %s",
+                                 self._address.host, self._address.port,
+                                 self._address.username, ", ".join(self._topics))  # fmt: skip
+                    down_since = None
+                    delay = BACKOFF_MIN_S
+                    generation = self._generation
+                    async for message in client.messages:
+                        await self._handler(
+                            str(message.topic),
+                            bytes(message.payload) if not isinstance(message.payload, bytes)
+                            else message.payload,
+                            AckToken(generation, message.mid, message.qos),
+                        )
+            except aiomqtt.MqttError as exc:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("broker unavailable (%s); retrying with backoff", exc)
+            finally:
+                self.connected = False
+                self._client = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)

@@ -1,0 +1,188 @@
+"""``milepost ingest``: MQTT -> decoders -> batches -> stages -> writer -> ack.
+
+Tasks, all named and owned by one TaskGroup:
+
+* ``mqtt``: reads messages in order, decodes them and appends to the open batch;
+* ``batcher``: closes the open batch when it is due and queues it for the writer;
+* ``writer``: runs the stages over a closed batch, writes it in one transaction, then
+  acknowledges its messages to the broker;
+* ``stats``: one log line every few seconds.
+
+Backpressure: at most ``MAX_CLOSED_BATCHES`` closed batches wait for the writer. When
+that queue is full the ``mqtt`` task waits, stops reading, and the broker stops
+sending once the receive window (unacknowledged messages) is full. Nothing is dropped.
+If the database is down, the writer retries the same batch with backoff; nothing is
+acknowledged until it commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from devices.errors import DecodeError
+from devices.gps import json as gps_json
+from devices.records import fixes_to_array
+from ingest.batch import Batch, DeadLetter, Drained
+from ingest.mqtt import AckToken, BrokerAddress, MqttSource
+from ingest.stages import run_stages
+from ingest.writer import Writer
+from milepost.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_CLOSED_BATCHES = 2
+RECEIVE_MAXIMUM = 1000  # unacknowledged messages the broker may have in flight to us
+TOPICS = ("fleet/+/gps",)
+_VEHICLE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(slots=True)
+class Stats:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    flushes: int = 0
+    flush_s_total: float = 0.0
+    flush_s_max: float = 0.0
+    db_errors: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def vehicle_from_topic(topic: str) -> tuple[str, str]:
+    """``fleet/VAN-1/gps`` -> ("VAN-1", "gps"); raises DecodeError for anything else."""
+    parts = topic.split("/")
+    if len(parts) != 3 or parts[0] != "fleet":
+        raise DecodeError(f"unexpected topic {topic!r}")
+    vehicle = parts[1]
+    if not 1 <= len(vehicle) <= 64 or not set(vehicle) <= _VEHICLE_ID_CHARS:
+        raise DecodeError(f"invalid vehicle id {vehicle!r} in topic")
+    return vehicle, parts[2]
+
+
+class Ingest:
+    def __init__(
+        self, settings: Settings, pool: AsyncConnectionPool, broker: BrokerAddress
+    ) -> None:
+        self.settings = settings
+        self.stats = Stats()
+        self._writer = Writer(pool)
+        # flush before the receive window fills, so a closed batch and an open one both fit
+        self._batch = Batch(settings.batch_max_rows, RECEIVE_MAXIMUM // 2, settings.batch_max_ms)
+        self._closed: asyncio.Queue[Drained] = asyncio.Queue(MAX_CLOSED_BATCHES)
+        self._wakeup = asyncio.Event()
+        self.mqtt = MqttSource(
+            broker,
+            client_id=settings.mqtt_client_id,
+            topics=TOPICS,
+            handler=self.on_message,
+            receive_maximum=RECEIVE_MAXIMUM,
+        )
+
+    async def on_message(self, topic: str, payload: bytes, token: AckToken) -> None:
+        """Decode one message into the open batch. The one place per-message errors are caught."""
+        self.stats.received += 1
+        received = now_us()
+        try:
+            vehicle, kind = vehicle_from_topic(topic)
+            if kind != "gps":
+                raise DecodeError(f"no decoder for topic kind {kind!r}")
+            fixes = gps_json.decode(payload)
+            self._batch.add_fixes(vehicle, fixes_to_array(fixes), received, token)
+        except DecodeError as exc:
+            self._batch.add_dead(DeadLetter(received, topic, payload, str(exc)), token)
+        if self._batch.due():
+            await self._close_batch()
+        elif self._batch.messages == 1:
+            self._wakeup.set()
+
+    async def _close_batch(self) -> None:
+        drained = self._batch.drain()
+        await self._closed.put(drained)  # waits while the writer is behind: backpressure
+
+    async def run_batcher(self) -> None:
+        while True:
+            self._wakeup.clear()
+            if self._batch.messages == 0:
+                await self._wakeup.wait()
+                continue
+            await asyncio.sleep(self._batch.seconds_until_due())
+            if self._batch.due():
+                await self._close_batch()
+
+    async def run_writer(self) -> None:
+        while True:
+            drained = await self._closed.get()
+            result = run_stages(drained.fixes)
+            dead = drained.dead + result.rejected
+            delay = 0.5
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    flushed = await self._writer.flush(result.frame, dead)
+                    break
+                except psycopg.OperationalError as exc:  # includes the pool's PoolTimeout
+                    self.stats.db_errors += 1
+                    log.warning("database write failed (%s); retrying in %.1f s", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+            dt = time.perf_counter() - t0
+            self.mqtt.ack(drained.tokens)
+            s = self.stats
+            s.stored += flushed.stored
+            s.duplicates += flushed.duplicates
+            s.rejected += flushed.dead
+            s.flushes += 1
+            s.flush_s_total += dt
+            s.flush_s_max = max(s.flush_s_max, dt)
+
+    async def run_stats(self) -> None:
+        last = Stats()
+        while True:
+            await asyncio.sleep(self.settings.stats_interval_s)
+            s = self.stats
+            flushes = s.flushes - last.flushes
+            avg_ms = (s.flush_s_total - last.flush_s_total) / flushes * 1000 if flushes else 0.0
+            log.info(
+                "received %d msgs (+%d), stored %d fixes (+%d), duplicates %d, rejected %d,"
+                " %d flushes avg %.1f ms max %.1f ms, open batch %d rows, %d batches waiting,"
+                " broker %s",
+                s.received, s.received - last.received, s.stored, s.stored - last.stored,
+                s.duplicates, s.rejected, flushes, avg_ms, s.flush_s_max * 1000,
+                self._batch.rows, self._closed.qsize(),
+                "connected" if self.mqtt.connected else "DISCONNECTED",
+            )  # fmt: skip
+            last = dataclasses.replace(s)
+            s.flush_s_max = 0.0
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.mqtt.run(), name="mqtt")
+            tg.create_task(self.run_batcher(), name="batcher")
+            tg.create_task(self.run_writer(), name="writer")
+            tg.create_task(self.run_stats(), name="stats")
+
+
+async def serve(settings: Settings, mqtt_credentials: tuple[str, str] | None) -> None:
+    """Run ingest until cancelled."""
+    broker = BrokerAddress.from_url(settings.mqtt_url, mqtt_credentials)
+    pool = AsyncConnectionPool(
+        settings.database_url, min_size=1, max_size=settings.db_pool_max, open=False,
+        name="ingest",
+    )  # fmt: skip
+    await pool.open(wait=False)
+    try:
+        await Ingest(settings, pool, broker).run()
+    finally:
+        await pool.close()

@@ -1,0 +1,154 @@
+"""The writer: one transaction per flush, one binary COPY per table.
+
+Fixes are COPYed straight into ``gps_fix``. The unique index on (vehicle_id, time)
+makes a redelivered fix a unique violation; then, and only then, the batch goes
+through a temporary staging table and ``INSERT ... ON CONFLICT DO NOTHING``, so a fix
+is stored exactly once however often the broker delivers it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from ingest import copy
+from ingest.batch import DeadLetter, FixFrame
+
+log = logging.getLogger(__name__)
+
+GPS_COLUMNS = (
+    "time", "vehicle_id", "lon", "lat", "speed_mps", "heading_deg", "acc_m", "alt_m",
+    "sats", "hdop", "seq", "received_at",
+)  # fmt: skip
+
+
+def gps_copy_payload(frame: FixFrame) -> bytes:
+    """The binary COPY stream of a frame's fixes, in GPS_COLUMNS order."""
+    f = frame.fix
+    return copy.encode(
+        [
+            copy.Column("timestamptz", f["ts_us"]),
+            copy.Column("text", frame.vehicle, labels=frame.vehicles),
+            copy.float_column(f["lon_deg"]),
+            copy.float_column(f["lat_deg"]),
+            copy.float_column(f["speed_mps"]),
+            copy.float_column(f["heading_deg"]),
+            copy.float_column(f["acc_m"]),
+            copy.float_column(f["alt_m"]),
+            copy.int_column("int2", f["sats"]),
+            copy.float_column(f["hdop"]),
+            copy.int_column("int8", f["seq"]),
+            copy.Column("timestamptz", frame.received_us),
+        ]
+    )
+
+
+def newest_per_vehicle(frame: FixFrame) -> np.ndarray:
+    """Row indexes of the newest fix of each vehicle in the frame."""
+    order = np.lexsort((frame.fix["ts_us"], frame.vehicle))
+    last = np.r_[frame.vehicle[order][1:] != frame.vehicle[order][:-1], True]
+    return order[last]
+
+
+_UPSERT_LATEST = """
+INSERT INTO vehicle_latest AS v (vehicle_id, time, lon, lat, speed_mps, heading_deg, acc_m,
+                                 updated_at)
+SELECT *, now() FROM unnest(%s::text[], %s::timestamptz[], %s::float8[], %s::float8[],
+                            %s::float8[], %s::float8[], %s::float8[])
+ON CONFLICT (vehicle_id) DO UPDATE
+SET time = excluded.time, lon = excluded.lon, lat = excluded.lat,
+    speed_mps = excluded.speed_mps, heading_deg = excluded.heading_deg,
+    acc_m = excluded.acc_m, updated_at = now()
+WHERE v.time < excluded.time
+"""
+
+
+@dataclass(slots=True)
+class FlushResult:
+    stored: int  # rows new to gps_fix
+    duplicates: int
+    dead: int
+
+
+class Writer:
+    """Writes drained batches; owns no connection, borrows one from the pool per flush."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def flush(self, frame: FixFrame, dead: list[DeadLetter]) -> FlushResult:
+        stored = duplicates = 0
+        async with self._pool.connection() as conn, conn.transaction():
+            if len(frame):
+                stored = await self._write_fixes(conn, frame)
+                duplicates = len(frame) - stored
+                await self._upsert_latest(conn, frame)
+            if dead:
+                await self._write_dead(conn, dead)
+        return FlushResult(stored, duplicates, len(dead))
+
+    async def _write_fixes(self, conn: psycopg.AsyncConnection, frame: FixFrame) -> int:
+        payload = gps_copy_payload(frame)
+        cols = sql.SQL(", ").join(map(sql.Identifier, GPS_COLUMNS))
+        try:
+            async with conn.transaction(), conn.cursor() as cur:
+                async with cur.copy(
+                    sql.SQL("COPY gps_fix ({}) FROM STDIN (FORMAT BINARY)").format(cols)
+                ) as cp:
+                    await cp.write(payload)
+            return len(frame)
+        except psycopg.errors.UniqueViolation:
+            pass  # some fixes are stored already: a redelivery after a crash or reconnect
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS gps_fix_stage"
+                " (LIKE gps_fix INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            async with cur.copy(
+                sql.SQL("COPY gps_fix_stage ({}) FROM STDIN (FORMAT BINARY)").format(cols)
+            ) as cp:
+                await cp.write(payload)
+            await cur.execute(
+                sql.SQL(
+                    "INSERT INTO gps_fix ({c}) SELECT {c} FROM gps_fix_stage"
+                    " ON CONFLICT (vehicle_id, time) DO NOTHING"
+                ).format(c=cols)
+            )
+            return max(cur.rowcount, 0)
+
+    async def _upsert_latest(self, conn: psycopg.AsyncConnection, frame: FixFrame) -> None:
+        idx = newest_per_vehicle(frame)
+        f = frame.fix[idx]
+        names = [frame.vehicles[c] for c in frame.vehicle[idx].tolist()]
+        ts = [us_to_datetime(t) for t in f["ts_us"].tolist()]
+
+        def opt(a: np.ndarray) -> list[float | None]:
+            return [None if np.isnan(x) else float(x) for x in a.tolist()]
+
+        await conn.execute(
+            _UPSERT_LATEST,
+            (
+                names, ts, f["lon_deg"].tolist(), f["lat_deg"].tolist(),
+                opt(f["speed_mps"]), opt(f["heading_deg"]), opt(f["acc_m"]),
+            ),  # fmt: skip
+        )
+
+    async def _write_dead(self, conn: psycopg.AsyncConnection, dead: list[DeadLetter]) -> None:
+        async with conn.cursor() as cur, cur.copy(
+            "COPY dead_letter (time, source, payload, reason) FROM STDIN"
+        ) as cp:
+            for d in dead:
+                await cp.write_row((us_to_datetime(d.received_us), d.source, d.payload, d.reason))
+
+
+def us_to_datetime(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -1,0 +1,402 @@
+"""The ``milepost`` command line: one entry point for every part of the system."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from milepost.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("milepost")
+
+
+def _settings(ctx: click.Context) -> Settings:
+    obj = ctx.ensure_object(dict)
+    if "settings" not in obj:
+        try:
+            obj["settings"] = load_settings()
+        except SettingsError as exc:
+            raise click.ClickException(f"configuration: {exc}") from exc
+    s: Settings = obj["settings"]
+    return s
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # paho logs every packet at DEBUG and aiomqtt mirrors it: keep them at WARNING
+    logging.getLogger("mqtt").setLevel(logging.WARNING)
+
+
+def _stderr(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """milepost: fleet GPS and RFID telemetry for last-mile parcel delivery.
+
+    Settings come from MILEPOST_* environment variables and an optional milepost.toml
+    (MILEPOST_DATABASE_URL, MILEPOST_MQTT_URL, MILEPOST_API_ADDR, MILEPOST_STATE_DIR, ...);
+    the defaults point at the local stack that `milepost stack up` runs under var/.
+    """
+    ctx.ensure_object(dict)
+
+
+# ------------------------------------------------------------------ stack
+
+
+@main.group()
+def stack() -> None:
+    """The local TimescaleDB and Mosquitto under var/ (ports 55432 and 18830)."""
+
+
+@stack.command("up")
+@click.pass_context
+def stack_up(ctx: click.Context) -> None:
+    """Install what is missing, build TimescaleDB if needed, start both services."""
+    from milepost import stack as st
+
+    s = _settings(ctx)
+    try:
+        info = st.up(s.state_dir, progress=_stderr)
+    except st.StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _stderr(f"stack is up: database {info.database_url}, broker {info.mqtt_url}")
+
+
+@stack.command("down")
+@click.pass_context
+def stack_down(ctx: click.Context) -> None:
+    """Stop the services that `stack up` started (and nothing else)."""
+    from milepost import stack as st
+
+    st.down(_settings(ctx).state_dir)
+
+
+@stack.command("status")
+@click.pass_context
+def stack_status(ctx: click.Context) -> None:
+    """Say what runs where."""
+    from milepost import stack as st
+
+    click.echo(st.status(_settings(ctx).state_dir))
+
+
+# ------------------------------------------------------------------ schema, keys, devices
+
+
+@main.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Apply the schema migrations that are not applied yet."""
+    from milepost.db import migrate as run_migrate
+    from milepost.db import schema_version
+
+    s = _settings(ctx)
+    applied = _db_call(run_migrate, s.database_url)
+    version = _db_call(schema_version, s.database_url)
+    _stderr(f"schema at version {version}" + (f" (applied {applied})" if applied else ""))
+
+
+def _db_call(fn, *args):  # type: ignore[no-untyped-def]
+    import psycopg
+
+    try:
+        return fn(*args)
+    except psycopg.OperationalError as exc:
+        raise click.ClickException(
+            f"database unavailable: {exc}\nStart the local stack with `milepost stack up`,"
+            " or set MILEPOST_DATABASE_URL."
+        ) from exc
+
+
+@main.group()
+def keys() -> None:
+    """API keys (stored hashed; shown once)."""
+
+
+@keys.command("create")
+@click.option("--role", required=True,
+              type=click.Choice(["dispatcher", "customer", "device", "admin"]))  # fmt: skip
+@click.option("--name", default=None, help="a label to recognise the key by")
+@click.pass_context
+def keys_create(ctx: click.Context, role: str, name: str | None) -> None:
+    """Create an API key; prints only the key on stdout, once."""
+    click.echo(create_api_key(_settings(ctx), role, name))
+
+
+def create_api_key(settings: Settings, role: str, name: str | None) -> str:
+    import psycopg
+
+    from api.keys import create_key
+
+    def go() -> str:
+        with psycopg.connect(settings.database_url) as conn:
+            return create_key(conn, role, name)
+
+    key: str = _db_call(go)
+    return key
+
+
+@keys.command("revoke")
+@click.argument("prefix")
+@click.pass_context
+def keys_revoke(ctx: click.Context, prefix: str) -> None:
+    """Revoke a key by its prefix (the 8 characters after mp_)."""
+    import psycopg
+
+    from api.keys import revoke_key, split_key
+
+    split = split_key(prefix)
+    prefix = split[0] if split else prefix
+    with psycopg.connect(_settings(ctx).database_url) as conn:
+        if not revoke_key(conn, prefix):
+            raise click.ClickException(f"no active key with prefix {prefix!r}")
+    _stderr(f"revoked key {prefix}")
+
+
+@main.group()
+def devices() -> None:
+    """Vehicles and their broker credentials."""
+
+
+@devices.command("add")
+@click.argument("vehicle_id")
+@click.option("--password", default=None, help="broker password (default: generated)")
+@click.option("--owntracks", default=None, metavar="USER/DEVICE",
+              help="the OwnTracks user/device of this vehicle")  # fmt: skip
+@click.option("--osmand", default=None, metavar="ID", help="the Traccar Client / OsmAnd id")
+@click.pass_context
+def devices_add(ctx: click.Context, vehicle_id: str, password: str | None,
+                owntracks: str | None, osmand: str | None) -> None:  # fmt: skip
+    """Register a vehicle and its broker account; prints only the password on stdout.
+
+    The broker ACL lets the vehicle publish only under fleet/VEHICLE_ID/#.
+    """
+    s = _settings(ctx)
+    try:
+        pw = add_device(s, vehicle_id, password, owntracks=owntracks, osmand=osmand)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(pw)
+
+
+def add_device(settings: Settings, vehicle_id: str, password: str | None = None, *,
+               owntracks: str | None = None, osmand: str | None = None) -> str:  # fmt: skip
+    """Register ``vehicle_id`` in the database and, on the local stack, in the broker."""
+    import re
+
+    import psycopg
+
+    from milepost import stack as st
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", vehicle_id):
+        raise ValueError(f"invalid vehicle id {vehicle_id!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+    if owntracks is not None and not re.fullmatch(r"[^/#+\s]+/[^/#+\s]+", owntracks):
+        raise ValueError("--owntracks must be USER/DEVICE")
+    pw = password or secrets.token_urlsafe(18)
+
+    def go() -> None:
+        with psycopg.connect(settings.database_url) as conn:
+            conn.execute(
+                "INSERT INTO vehicle (vehicle_id, owntracks_id, osmand_id) VALUES (%s, %s, %s)"
+                " ON CONFLICT (vehicle_id) DO UPDATE SET"
+                " owntracks_id = coalesce(excluded.owntracks_id, vehicle.owntracks_id),"
+                " osmand_id = coalesce(excluded.osmand_id, vehicle.osmand_id)",
+                (vehicle_id, owntracks, osmand),
+            )
+
+    _db_call(go)
+    if st.is_local_broker(settings.state_dir):
+        st.add_broker_user(settings.state_dir, vehicle_id, pw)
+        if owntracks:
+            st.add_broker_acl(settings.state_dir, vehicle_id, [f"owntracks/{owntracks}/#"])
+    else:
+        _stderr("no local broker under the state dir: add the broker account yourself")
+    return pw
+
+
+# ------------------------------------------------------------------ processes
+
+
+@main.command()
+@click.pass_context
+def ingest(ctx: click.Context) -> None:
+    """MQTT ingest, writer and stats (runs until stopped)."""
+    from ingest.service import serve
+    from milepost.db import migrate as run_migrate
+
+    s = _settings(ctx)
+    _logging(s.log_level)
+    _db_call(run_migrate, s.database_url)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(s, _ingest_credentials(s)))
+
+
+def _ingest_credentials(settings: Settings) -> tuple[str, str] | None:
+    from milepost import stack as st
+
+    if st.is_local_broker(settings.state_dir):
+        return st.ingest_credentials(settings.state_dir)
+    return None
+
+
+@main.command()
+@click.pass_context
+def api(ctx: click.Context) -> None:
+    """The HTTP API and pages (uvicorn on MILEPOST_API_ADDR)."""
+    import uvicorn
+
+    from api.app import create_app
+    from milepost.db import migrate as run_migrate
+
+    s = _settings(ctx)
+    _logging(s.log_level)
+    _db_call(run_migrate, s.database_url)
+    uvicorn.run(create_app(s), host=s.api_host, port=s.api_port, log_level=s.log_level.lower(),
+                access_log=False)  # fmt: skip
+
+
+@main.command()
+@click.option("--vans", default=10, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--rate", default=1.0, show_default=True, type=click.FloatRange(0.01, 100),
+              help="fixes per van per wall-clock second")  # fmt: skip
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--speedup", default=1.0, show_default=True, type=click.FloatRange(0.1, 1000),
+              help="scenario time runs this many times faster than the wall clock")  # fmt: skip
+@click.option("--duration", default=None, type=click.FloatRange(0.1),
+              help="seconds to run (default: until stopped)")  # fmt: skip
+@click.pass_context
+def simulate(ctx: click.Context, vans: int, rate: float, seed: int, speedup: float,
+             duration: float | None) -> None:  # fmt: skip
+    """Seeded vans driving a street grid around a hub, publishing over MQTT."""
+    from ingest.mqtt import BrokerAddress
+    from simulators.scenario import Scenario
+    from simulators.vans import run_vans
+
+    s = _settings(ctx)
+    _logging(s.log_level)
+    scenario = Scenario(vans, seed)
+    passwords = {}
+    for vid in scenario.vehicle_ids:
+        passwords[vid] = add_device(s, vid, _sim_password(seed, vid))
+    broker = BrokerAddress.from_url(s.mqtt_url)
+    try:
+        stats = asyncio.run(run_vans(scenario, host=broker.host, port=broker.port,
+                                     passwords=passwords, rate_hz=rate, speedup=speedup,
+                                     duration_s=duration, progress=_stderr))  # fmt: skip
+    except KeyboardInterrupt:
+        return
+    _stderr(f"published {stats.published} fixes, {stats.failed} failed")
+
+
+def _sim_password(seed: int, vehicle_id: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"milepost-sim:{seed}:{vehicle_id}".encode()).hexdigest()[:24]
+
+
+@main.command()
+@click.option("--vans", default=10, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--rate", default=1.0, show_default=True, type=click.FloatRange(0.01, 100))
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--speedup", default=5.0, show_default=True, type=click.FloatRange(0.1, 1000))
+@click.pass_context
+def demo(ctx: click.Context, vans: int, rate: float, seed: int, speedup: float) -> None:
+    """Everything on the local stack: stack up, migrate, ingest, api and simulate.
+
+    Prints the dashboard URL and a dispatcher key; Ctrl-C stops what it started.
+    """
+    from milepost import stack as st
+    from milepost.db import migrate as run_migrate
+
+    s = _settings(ctx)
+    try:
+        st.up(s.state_dir, progress=_stderr)
+    except st.StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _db_call(run_migrate, s.database_url)
+    key = create_api_key(s, "dispatcher", "demo")
+    log_dir = s.state_dir / "log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    exe = [sys.executable, "-m", "milepost"]
+    with _children() as spawn:
+        spawn("ingest", [*exe, "ingest"], log_dir / "ingest.log")
+        spawn("api", [*exe, "api"], log_dir / "api.log")
+        _wait_http(f"http://{s.api_addr}/healthz", 60)
+        spawn("simulate", [*exe, "simulate", "--vans", str(vans), "--rate", str(rate),
+                           "--seed", str(seed), "--speedup", str(speedup)],
+              log_dir / "simulate.log")  # fmt: skip
+        base = f"http://{s.api_addr}"
+        click.echo(
+            f"\nmilepost demo is running ({vans} vans)\n"
+            f"  dashboard:      {base}/dashboard\n"
+            f"  vehicles:       curl -H 'Authorization: Bearer {key}' {base}/v1/vehicles\n"
+            f"  dispatcher key: {key}\n"
+            f"  API docs:       {base}/docs\n"
+            f"  logs:           {log_dir}/\n"
+            "Ctrl-C stops ingest, api and the simulator (the stack keeps running:"
+            " `milepost stack down`).\n"
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(1)
+
+
+@contextlib.contextmanager
+def _children() -> Iterator[object]:
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def spawn(name: str, argv: list[str], log_path: Path) -> None:
+        with open(log_path, "ab") as out:
+            procs.append((name, subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                                 env=os.environ.copy())))  # fmt: skip
+        _stderr(f"started {name} (pid {procs[-1][1].pid}), log {log_path}")
+
+    try:
+        yield spawn
+    finally:
+        for name, proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for name, proc in reversed(procs):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            _stderr(f"stopped {name}")
+
+
+def _wait_http(url: str, timeout_s: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError as exc:
+            if getattr(exc, "code", None) == 503:
+                return  # up, but degraded: still serving
+            time.sleep(0.3)
+    raise click.ClickException(f"{url} did not answer within {timeout_s:.0f} s; see var/log/")
+
+
+if __name__ == "__main__":
+    main()

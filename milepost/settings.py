@@ -1,0 +1,119 @@
+"""Typed settings, read once per process from ``MILEPOST_*`` and an optional ``milepost.toml``.
+
+Environment variables win over the file. An unknown ``MILEPOST_*`` variable, or an
+unknown key in the file, is an error at start-up that names it: a typo must not
+silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "MILEPOST_"
+CONFIG_FILE_ENV = "MILEPOST_CONFIG"  # path of milepost.toml; default ./milepost.toml if present
+
+
+class SettingsError(ValueError):
+    """The configuration is invalid; the message says which key and why."""
+
+
+class Settings(BaseModel):
+    """Every setting, its type and default. Defaults point at the local stack."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    database_url: str = "postgresql://milepost@127.0.0.1:55432/milepost"
+    mqtt_url: str = "mqtt://127.0.0.1:18830"
+    mqtt_client_id: str = "milepost-ingest"
+    api_addr: str = "127.0.0.1:8000"
+    state_dir: Path = Path("var")
+    webhook_allow_private: bool = False
+    # ingest batching: flush when a batch holds this many rows or is this old
+    batch_max_rows: int = Field(default=5000, ge=1, le=1_000_000)
+    batch_max_ms: int = Field(default=200, ge=1, le=60_000)
+    # bound on rows waiting for the writer; MQTT reads pause (backpressure) above it
+    queue_max_rows: int = Field(default=200_000, ge=1000)
+    stats_interval_s: float = Field(default=10.0, gt=0)
+    db_pool_max: int = Field(default=4, ge=1, le=100)
+    log_level: str = "INFO"
+    config: Path | None = None  # MILEPOST_CONFIG, the toml file itself
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db_url(cls, v: str) -> str:
+        if urlsplit(v).scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        return v
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, v: str) -> str:
+        if urlsplit(v).scheme not in ("mqtt", "mqtts"):
+            raise ValueError("must be an mqtt:// or mqtts:// URL")
+        return v
+
+    @field_validator("api_addr")
+    @classmethod
+    def _check_addr(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8000")
+        return v
+
+    @property
+    def api_host(self) -> str:
+        return self.api_addr.rpartition(":")[0]
+
+    @property
+    def api_port(self) -> int:
+        return int(self.api_addr.rpartition(":")[2])
+
+
+def _known_keys() -> set[str]:
+    return set(Settings.model_fields)
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read settings from the environment and ``milepost.toml``; fail loudly on unknown keys."""
+    env = dict(os.environ if environ is None else environ)
+    known = _known_keys()
+    unknown = sorted(
+        k for k in env if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() not in known
+    )
+    if unknown:
+        raise SettingsError(
+            f"unknown setting {', '.join(unknown)}; known settings are "
+            + ", ".join(ENV_PREFIX + k.upper() for k in sorted(known))
+        )
+    values: dict[str, Any] = {}
+    path_text = env.get(CONFIG_FILE_ENV)
+    path = Path(path_text) if path_text else Path("milepost.toml")
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: {exc}") from exc
+        bad = sorted(k for k in data if k not in known)
+        if bad:
+            raise SettingsError(f"{path}: unknown key {', '.join(bad)}")
+        values.update(data)
+    elif path_text:
+        raise SettingsError(f"{CONFIG_FILE_ENV}={path_text}: no such file")
+    for key in known:
+        if ENV_PREFIX + key.upper() in env:
+            values[key] = env[ENV_PREFIX + key.upper()]
+    values.update(overrides)
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        msgs = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msgs.append(f"{ENV_PREFIX}{loc.upper()}: {err['msg']}")
+        raise SettingsError("; ".join(msgs)) from exc
