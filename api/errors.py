@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from api.responses import JsonResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.responses import JsonResponse
 
 
 class ApiError(Exception):
     """Raised by handlers; rendered as the JSON error format with its status."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -27,7 +30,7 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
 
 
 def error_response(status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None) -> JsonResponse:  # fmt: skip
+                   headers: Mapping[str, str] | None = None) -> JsonResponse:  # fmt: skip
     return JsonResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=headers
     )

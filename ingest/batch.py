@@ -39,7 +39,9 @@ class FixFrame:
         return len(self.fix)
 
     def take(self, index: NDArray[np.bool_] | NDArray[np.intp]) -> FixFrame:
-        return FixFrame(self.fix[index], self.vehicle[index], self.received_us[index], self.vehicles)
+        return FixFrame(
+            self.fix[index], self.vehicle[index], self.received_us[index], self.vehicles
+        )
 
     @staticmethod
     def empty() -> FixFrame:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,7 +21,7 @@ TRAILER = b"\xff\xff"
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in Unix microseconds
 
 # kind -> big-endian dtype of the wire value
-_WIRE = {
+_WIRE: dict[str, np.dtype[Any]] = {
     "timestamptz": np.dtype(">i8"),
     "float8": np.dtype(">f8"),
     "int8": np.dtype(">i8"),

@@ -92,7 +92,7 @@ class MqttSource:
         client = self._client
         if client is None:
             return 0
-        paho = client._client  # noqa: SLF001  (no public manual-ack API yet, aiomqtt #345)
+        paho = client._client
         n = 0
         for t in tokens:
             if t.generation == self._generation and t.qos > 0:
@@ -101,7 +101,7 @@ class MqttSource:
         return n
 
     def _make_client(self) -> aiomqtt.Client:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         props.ReceiveMaximum = self._receive_maximum
         a = self._address
@@ -119,7 +119,7 @@ class MqttSource:
             tls_params=aiomqtt.TLSParameters() if a.tls else None,
         )
         # must be set before CONNECT: a persistent session delivers queued messages at once
-        client._client.manual_ack_set(True)  # noqa: SLF001
+        client._client.manual_ack_set(True)
         return client
 
     async def run(self) -> None:

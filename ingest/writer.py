@@ -97,11 +97,10 @@ class Writer:
         payload = gps_copy_payload(frame)
         cols = sql.SQL(", ").join(map(sql.Identifier, GPS_COLUMNS))
         try:
-            async with conn.transaction(), conn.cursor() as cur:
-                async with cur.copy(
-                    sql.SQL("COPY gps_fix ({}) FROM STDIN (FORMAT BINARY)").format(cols)
-                ) as cp:
-                    await cp.write(payload)
+            async with conn.transaction(), conn.cursor() as cur, cur.copy(
+                sql.SQL("COPY gps_fix ({}) FROM STDIN (FORMAT BINARY)").format(cols)
+            ) as cp:
+                await cp.write(payload)
             return len(frame)
         except psycopg.errors.UniqueViolation:
             pass  # some fixes are stored already: a redelivery after a crash or reconnect
@@ -136,7 +135,7 @@ class Writer:
             (
                 names, ts, f["lon_deg"].tolist(), f["lat_deg"].tolist(),
                 opt(f["speed_mps"]), opt(f["heading_deg"]), opt(f["acc_m"]),
-            ),  # fmt: skip
+            ),
         )
 
     async def _write_dead(self, conn: psycopg.AsyncConnection, dead: list[DeadLetter]) -> None:

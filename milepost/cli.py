@@ -372,7 +372,7 @@ def _children() -> Iterator[object]:
     try:
         yield spawn
     finally:
-        for name, proc in reversed(procs):
+        for _, proc in reversed(procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
         for name, proc in reversed(procs):

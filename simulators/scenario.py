@@ -66,7 +66,8 @@ def plan_van(
         xs.append(points[i][0])
         ys.append(points[i][1])
         ts.append(t)
-    return VanPlan(vehicle_id, np.array(xs), np.array(ys), np.array(ts), corners)
+    return VanPlan(vehicle_id, np.array(xs), np.array(ys), np.array(ts),
+                   corners.astype(np.float64))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
+from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
 from api.deps import pool, require
 from api.errors import ApiError
-from psycopg_pool import AsyncConnectionPool
 
 router = APIRouter(prefix="/v1/vehicles", tags=["vehicles"])
 dispatcher = Depends(require("dispatcher"))
@@ -75,7 +75,7 @@ async def list_vehicles(
     p: Annotated[AsyncConnectionPool, Depends(pool)],
     _key: Annotated[object, dispatcher],
     bbox: Annotated[str | None, Query(description="minLon,minLat,maxLon,maxLat",
-                                      examples=["13.3,52.4,13.5,52.6"])] = None,  # fmt: skip
+                                      examples=["13.3,52.4,13.5,52.6"])] = None,
 ) -> VehicleList:
     box = _bbox(bbox)
     where, params = "", ()
@@ -125,7 +125,7 @@ async def track(
     start: Annotated[datetime | None, Query(description="RFC 3339; default: end - 1 h")] = None,
     end: Annotated[datetime | None, Query(description="RFC 3339; default: now")] = None,
     bucket: Annotated[str | None, Query(description="downsample, e.g. 30s or 5m",
-                                        examples=["1m"])] = None,  # fmt: skip
+                                        examples=["1m"])] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_TRACK_POINTS)] = 5000,
 ) -> Track:
     end = end or datetime.now(UTC)

@@ -1,0 +1,157 @@
+"""Fixtures for integration tests: the real local stack, a fresh database per test session,
+and real ``milepost ingest`` / ``milepost api`` processes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from milepost import stack
+from milepost.db import migrate
+
+ROOT = Path(__file__).resolve().parents[2]
+STATE_DIR = ROOT / "var"
+ADMIN_URL = "postgresql://milepost@127.0.0.1:55432/postgres"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def local_stack() -> stack.StackInfo:
+    """The local stack, started if it is not running (a no-op in seconds when it is)."""
+    return stack.up(STATE_DIR, progress=lambda _msg: None)
+
+
+@pytest.fixture(scope="session")
+def database_url(local_stack: stack.StackInfo) -> Iterator[str]:
+    name = f"milepost_test_{secrets.token_hex(4)}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://milepost@127.0.0.1:55432/{name}"
+    migrate(url)
+    yield url
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture()
+def db(database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.text():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"process exited ({self.proc.returncode}):\n{self.text()}")
+            time.sleep(0.05)
+        raise AssertionError(f"{needle!r} not seen within {timeout} s:\n{self.text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def env(database_url: str) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("MILEPOST_")}
+    e.update(
+        MILEPOST_DATABASE_URL=database_url,
+        MILEPOST_STATE_DIR=str(STATE_DIR),
+        MILEPOST_MQTT_CLIENT_ID=f"milepost-test-{secrets.token_hex(4)}",
+        MILEPOST_BATCH_MAX_MS="50",
+        MILEPOST_STATS_INTERVAL_S="1",
+    )
+    return e
+
+
+@pytest.fixture(scope="session")
+def spawn(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[Callable[..., Proc]]:  # fmt: skip
+    procs: list[Proc] = []
+    logs = tmp_path_factory.mktemp("logs")
+
+    def start(*args: str, extra_env: dict[str, str] | None = None) -> Proc:
+        log = logs / f"{args[0]}-{len(procs)}.log"
+        with open(log, "wb") as out:
+            p = subprocess.Popen([sys.executable, "-m", "milepost", *args], cwd=ROOT,
+                                 env={**env, **(extra_env or {})}, stdout=out,
+                                 stderr=subprocess.STDOUT)  # fmt: skip
+        proc = Proc(p, log)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for p in procs:
+        p.stop()
+
+
+@pytest.fixture(scope="session")
+def ingest(spawn: Callable[..., Proc]) -> Proc:
+    proc = spawn("ingest")
+    proc.wait_for("subscribed to")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def api_url(spawn: Callable[..., Proc]) -> str:
+    port = free_port()
+    proc = spawn("api", extra_env={"MILEPOST_API_ADDR": f"127.0.0.1:{port}"})
+    proc.wait_for("Uvicorn running")
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def cli(env: dict[str, str]) -> Callable[..., str]:
+    def run(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "milepost", *args], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    return run
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
