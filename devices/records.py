@@ -82,8 +82,14 @@ class TagRead:
 
 @dataclass(frozen=True, slots=True)
 class ReaderStatus:
-    """A non-read message that a reader sends: keep-alive, end of cycle, health alarm."""
+    """A non-read message that a reader sends: keep-alive, end of cycle, health alarm.
+
+    ``code`` is the protocol's own number for the message (status word or byte, or
+    opcode; see docs/protocols/rfid.md). ``count`` is a tag count the message carries
+    (Mercury read-tag-multiple reply, Chafon statistics and heartbeat), else -1.
+    """
 
     kind: str  # "keepalive" | "cycle_end" | "more" | "health" | "response" | "boot"
     code: int = 0
     detail: str = ""
+    count: int = -1
