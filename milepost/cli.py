@@ -223,13 +223,31 @@ def add_device(settings: Settings, vehicle_id: str, password: str | None = None,
             )
 
     _db_call(go)
-    if st.is_local_broker(settings.state_dir):
+    if _local_broker(settings):
         st.add_broker_user(settings.state_dir, vehicle_id, pw)
         if owntracks:
             st.add_broker_acl(settings.state_dir, vehicle_id, [f"owntracks/{owntracks}/#"])
     else:
         _stderr("no local broker under the state dir: add the broker account yourself")
     return pw
+
+
+@main.group()
+def epc() -> None:
+    """RFID EPC tools."""
+
+
+@epc.command("decode")
+@click.argument("epcs", nargs=-1, required=True, metavar="HEX...")
+def epc_decode(epcs: tuple[str, ...]) -> None:
+    """One JSON line per EPC: scheme, filter, pure-identity URN, tag URI, GS1 key, or why
+    it is not a GS1 EPC."""
+    import orjson
+
+    from devices.epc import decode_epc
+
+    for value in epcs:
+        click.echo(orjson.dumps(decode_epc(value).to_json_dict()).decode())
 
 
 # ------------------------------------------------------------------ processes
@@ -252,9 +270,23 @@ def ingest(ctx: click.Context) -> None:
 def _ingest_credentials(settings: Settings) -> tuple[str, str] | None:
     from milepost import stack as st
 
-    if st.is_local_broker(settings.state_dir):
+    if _local_broker(settings):
         return st.ingest_credentials(settings.state_dir)
     return None
+
+
+def _local_broker(settings: Settings) -> bool:
+    """True when MILEPOST_MQTT_URL is the broker that `stack up` runs under the state dir."""
+    from urllib.parse import urlsplit
+
+    from milepost import stack as st
+
+    url = urlsplit(settings.mqtt_url)
+    return (
+        url.username is None
+        and (url.hostname, url.port) == (st.HOST, st.MQTT_PORT)
+        and (settings.state_dir / "mqtt" / "mosquitto.conf").exists()
+    )
 
 
 @main.command()
@@ -346,7 +378,7 @@ def demo(ctx: click.Context, vans: int, rate: float, seed: int, speedup: float) 
         base = f"http://{s.api_addr}"
         click.echo(
             f"\nmilepost demo is running ({vans} vans)\n"
-            f"  dashboard:      {base}/dashboard\n"
+            f"  API:            {base}/v1/vehicles  (the live map comes with /dashboard)\n"
             f"  vehicles:       curl -H 'Authorization: Bearer {key}' {base}/v1/vehicles\n"
             f"  dispatcher key: {key}\n"
             f"  API docs:       {base}/docs\n"
