@@ -55,68 +55,90 @@ def int_column(kind: str, values: NDArray[np.integer], *, null_below: int | None
     return Column(kind, v, v < null_below if null_below is not None else None)
 
 
-def _ragged_positions(
-    starts: NDArray[np.int64], lengths: NDArray[np.int64]
-) -> NDArray[np.int64]:
-    """Concatenation of ``arange(s, s + l)`` for every (s, l), vectorized."""
-    total = int(lengths.sum())
-    if total == 0:
-        return np.empty(0, dtype=np.int64)
-    run_starts = np.cumsum(lengths) - lengths
-    within = np.arange(total, dtype=np.int64) - np.repeat(run_starts, lengths)
-    return np.repeat(starts, lengths) + within
+def _layout_keys(columns: Sequence[Column], n: int) -> NDArray[np.int64]:
+    """One integer per row that is equal for rows of identical byte layout
+    (same NULL pattern, same byte length of every text value)."""
+    key = np.zeros(n, dtype=np.int64)
+    for col in columns:
+        null = col.null if col.null is not None else None
+        if col.kind == "text":
+            label_len = np.array([len(s.encode()) + 1 for s in col.labels], dtype=np.int64)
+            part = label_len[np.asarray(col.values, dtype=np.int64)] if n else key
+            if null is not None:
+                part = np.where(null, 0, part)
+            key = key * 1031 + part  # 1031 > any label length we accept + 1
+        elif null is not None:
+            key = key * 2 + null
+    return key
 
 
 def encode(columns: Sequence[Column]) -> bytes:
-    """Encode whole columns (all of one length) as a binary COPY stream."""
+    """Encode whole columns (all of one length) as a binary COPY stream.
+
+    Rows are grouped by byte layout; each group is one packed structured array whose
+    fields are filled column by column, so the work is a few memory copies per column.
+    COPY does not care about row order, so groups are written one after the other.
+    """
     if not columns:
         raise ValueError("no columns")
     n = len(columns[0].values)
     if any(len(c.values) != n for c in columns):
         raise ValueError("columns differ in length")
-    widths = np.full(n, 2, dtype=np.int64)  # int16 field count
-    sizes: list[NDArray[np.int64]] = []
-    nulls: list[NDArray[np.bool_]] = []
+    encoded_labels: list[list[bytes] | None] = []
     for col in columns:
-        null = col.null if col.null is not None else np.zeros(n, dtype=bool)
         if col.kind == "text":
-            label_len = np.array([len(s.encode()) for s in col.labels], dtype=np.int64)
+            labels = [s.encode() for s in col.labels]
+            if any(len(b) > 1024 for b in labels):
+                raise ValueError("text values longer than 1024 bytes")
             codes = np.asarray(col.values, dtype=np.int64)
-            if n and (codes.min() < 0 or codes.max() >= len(label_len)):
+            if n and (codes.min() < 0 or codes.max() >= len(labels)):
                 raise ValueError("text codes out of range")
-            size = np.where(null, 0, label_len[codes] if n else 0).astype(np.int64)
+            encoded_labels.append(labels)
+        elif col.kind not in _WIRE:
+            raise ValueError(f"unknown column kind {col.kind!r}")
         else:
-            size = np.where(null, 0, _WIRE[col.kind].itemsize).astype(np.int64)
-        sizes.append(size)
-        nulls.append(null)
-        widths += 4 + size
-    row_start = len(HEADER) + np.cumsum(widths) - widths
-    total = len(HEADER) + int(widths.sum()) + len(TRAILER)
-    out = np.empty(total, dtype=np.uint8)
-    out[: len(HEADER)] = np.frombuffer(HEADER, dtype=np.uint8)
-    out[total - 2 :] = 0xFF
-    nfields = np.frombuffer(np.array(len(columns), dtype=">i2").tobytes(), dtype=np.uint8)
-    out[row_start[:, None] + np.arange(2)] = nfields
-    pos = row_start + 2
-    for col, size, null in zip(columns, sizes, nulls, strict=True):
-        prefix = np.where(null, -1, size).astype(">i4").view(np.uint8).reshape(n, 4)
-        out[pos[:, None] + np.arange(4)] = prefix
-        keep = ~null
-        if col.kind == "text":
-            encoded = [s.encode() for s in col.labels]
-            flat = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-            label_len = np.array([len(b) for b in encoded], dtype=np.int64)
-            label_start = np.cumsum(label_len) - label_len
-            codes = np.asarray(col.values, dtype=np.int64)[keep]
-            dst = _ragged_positions(pos[keep] + 4, size[keep])
-            src = _ragged_positions(label_start[codes], size[keep])
-            out[dst] = flat[src]
+            encoded_labels.append(None)
+    keys = _layout_keys(columns, n)
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(len(uniq) + 1))
+    chunks = [HEADER]
+    for g in range(len(uniq)):
+        rows = order[bounds[g] : bounds[g + 1]]
+        chunks.append(_encode_group(columns, encoded_labels, rows))
+    chunks.append(TRAILER)
+    return b"".join(chunks)
+
+
+def _encode_group(
+    columns: Sequence[Column], labels: Sequence[list[bytes] | None], rows: NDArray[np.intp]
+) -> bytes:
+    """Rows that share one byte layout (taken from the first of them)."""
+    first = int(rows[0])
+    fields: list[tuple[str, str]] = [("n", ">i2")]
+    values: dict[str, object] = {"n": len(columns)}
+    for k, (col, enc) in enumerate(zip(columns, labels, strict=True)):
+        is_null = col.null is not None and bool(col.null[first])
+        fields.append((f"l{k}", ">i4"))
+        if is_null:
+            values[f"l{k}"] = -1
+            continue
+        if enc is not None:
+            codes = np.asarray(col.values, dtype=np.int64)[rows]
+            width = len(enc[int(codes[0])])
+            values[f"l{k}"] = width
+            if width:
+                fields.append((f"v{k}", f"S{width}"))
+                values[f"v{k}"] = np.array(enc, dtype=f"S{max(width, 1)}")[codes]
         else:
             wire = _WIRE[col.kind]
-            values = np.asarray(col.values)[keep]
+            v = np.asarray(col.values)[rows]
             if col.kind == "timestamptz":
-                values = values.astype(np.int64) - PG_EPOCH_US
-            data = values.astype(wire).view(np.uint8).reshape(-1, wire.itemsize)
-            out[pos[keep][:, None] + 4 + np.arange(wire.itemsize)] = data
-        pos = pos + 4 + size
+                v = v.astype(np.int64) - PG_EPOCH_US
+            fields.append((f"v{k}", wire.str))
+            values[f"l{k}"] = wire.itemsize
+            values[f"v{k}"] = v
+    out = np.empty(len(rows), dtype=np.dtype(fields))  # packed: no alignment padding
+    for name, value in values.items():
+        out[name] = value
     return out.tobytes()

@@ -11,14 +11,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
+from milepost.db import migrate as migrate_schema
 from milepost.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("milepost")
+T = TypeVar("T")
+Spawn = Callable[[str, list[str], Path], None]
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -114,7 +118,8 @@ def migrate(ctx: click.Context) -> None:
     _stderr(f"schema at version {version}" + (f" (applied {applied})" if applied else ""))
 
 
-def _db_call(fn, *args):  # type: ignore[no-untyped-def]
+def _db_call(fn: Callable[..., T], *args: object) -> T:
+    """Call ``fn`` with a clear message when the database is down."""
     import psycopg
 
     try:
@@ -147,11 +152,11 @@ def create_api_key(settings: Settings, role: str, name: str | None) -> str:
     from api.keys import create_key
 
     def go() -> str:
+        migrate_schema(settings.database_url)
         with psycopg.connect(settings.database_url) as conn:
             return create_key(conn, role, name)
 
-    key: str = _db_call(go)
-    return key
+    return _db_call(go)
 
 
 @keys.command("revoke")
@@ -213,6 +218,7 @@ def add_device(settings: Settings, vehicle_id: str, password: str | None = None,
     pw = password or secrets.token_urlsafe(18)
 
     def go() -> None:
+        migrate_schema(settings.database_url)
         with psycopg.connect(settings.database_url) as conn:
             conn.execute(
                 "INSERT INTO vehicle (vehicle_id, owntracks_id, osmand_id) VALUES (%s, %s, %s)"
@@ -392,7 +398,7 @@ def demo(ctx: click.Context, vans: int, rate: float, seed: int, speedup: float) 
 
 
 @contextlib.contextmanager
-def _children() -> Iterator[object]:
+def _children() -> Iterator[Spawn]:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def spawn(name: str, argv: list[str], log_path: Path) -> None:

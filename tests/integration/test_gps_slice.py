@@ -26,6 +26,14 @@ def pub(
                           capture_output=True, timeout=60)  # fmt: skip
 
 
+def pub_raw(user: str, password: str, topic: str, payload: bytes) -> None:
+    """Publish arbitrary bytes (NULs and newlines included) as one message."""
+    out = subprocess.run(["mosquitto_pub", *BROKER, "-u", user, "-P", password, "-q", "1",
+                          "-t", topic, "-s"], input=payload, capture_output=True,
+                         timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+
+
 def count(db: psycopg.Connection, sql: str, *args: object) -> int:
     row = db.execute(sql, args).fetchone()
     return int(row[0]) if row else 0
@@ -123,11 +131,12 @@ def test_malformed_payload_goes_to_dead_letter_and_ingest_keeps_going(
     ingest: Proc, db: psycopg.Connection, vans: dict[str, str]
 ) -> None:
     vid, password = list(vans.items())[2]
-    garbage = b"\x00\xffnot json " + secrets.token_hex(4).encode()
+    garbage = b"\x00\xffnot\njson " + secrets.token_hex(4).encode()
     bad_row = orjson.dumps({"ts": datetime.now(UTC).isoformat(), "lat": 123.0, "lon": 13.0})
     ts = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
     good = orjson.dumps({"ts": ts.isoformat(), "lat": 52.6, "lon": 13.5})
-    assert pub(vid, password, f"fleet/{vid}/gps", [garbage, bad_row, good]).returncode == 0
+    pub_raw(vid, password, f"fleet/{vid}/gps", garbage)
+    assert pub(vid, password, f"fleet/{vid}/gps", [bad_row, good]).returncode == 0
     wait_until(lambda: count(db, "SELECT count(*) FROM gps_fix WHERE vehicle_id = %s AND time = %s",
                              vid, ts), what="the good fix after the bad ones")  # fmt: skip
     row = db.execute("SELECT source, payload, reason FROM dead_letter WHERE payload = %s",
