@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,7 +21,6 @@ from milepost.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("milepost")
 T = TypeVar("T")
-Spawn = Callable[[str, list[str], Path], None]
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -354,7 +352,7 @@ def _sim_password(seed: int, vehicle_id: str) -> str:
 @click.option("--vans", default=10, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--rate", default=1.0, show_default=True, type=click.FloatRange(0.01, 100))
 @click.option("--seed", default=1, show_default=True, type=int)
-@click.option("--speedup", default=5.0, show_default=True, type=click.FloatRange(0.1, 1000))
+@click.option("--speedup", default=1.0, show_default=True, type=click.FloatRange(0.1, 1000))
 @click.pass_context
 def demo(ctx: click.Context, vans: int, rate: float, seed: int, speedup: float) -> None:
     """Everything on the local stack: stack up, migrate, ingest, api and simulate.
@@ -374,7 +372,8 @@ def demo(ctx: click.Context, vans: int, rate: float, seed: int, speedup: float) 
     log_dir = s.state_dir / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
     exe = [sys.executable, "-m", "milepost"]
-    with _children() as spawn:
+    with _Children() as children:
+        spawn = children.spawn
         spawn("ingest", [*exe, "ingest"], log_dir / "ingest.log")
         spawn("api", [*exe, "api"], log_dir / "api.log")
         _wait_http(f"http://{s.api_addr}/healthz", 60)
@@ -392,32 +391,51 @@ def demo(ctx: click.Context, vans: int, rate: float, seed: int, speedup: float) 
             "Ctrl-C stops ingest, api and the simulator (the stack keeps running:"
             " `milepost stack down`).\n"
         )
+        _stop_on_signals()
         with contextlib.suppress(KeyboardInterrupt):
-            while True:
+            while children.alive():
                 time.sleep(1)
+            _stderr("a component exited; see its log under var/log/")
 
 
-@contextlib.contextmanager
-def _children() -> Iterator[Spawn]:
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM both end the demo (a shell may start it with SIGINT ignored)."""
 
-    def spawn(name: str, argv: list[str], log_path: Path) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+class _Children:
+    """The demo's child processes: started in order, stopped in reverse order."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def spawn(self, name: str, argv: list[str], log_path: Path) -> None:
         with open(log_path, "ab") as out:
-            procs.append((name, subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                                 env=os.environ.copy())))  # fmt: skip
-        _stderr(f"started {name} (pid {procs[-1][1].pid}), log {log_path}")
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append((name, proc))
+        _stderr(f"started {name} (pid {proc.pid}), log {log_path}")
 
-    try:
-        yield spawn
-    finally:
-        for _, proc in reversed(procs):
+    def alive(self) -> bool:
+        return all(proc.poll() is None for _, proc in self.procs)
+
+    def __enter__(self) -> _Children:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for _, proc in reversed(self.procs):
             if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for name, proc in reversed(procs):
+                proc.terminate()
+        for name, proc in reversed(self.procs):
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
             _stderr(f"stopped {name}")
 
 

@@ -34,12 +34,15 @@ async def run_vans(
     speedup: float = 1.0,
     duration_s: float | None = None,
     start_us: int | None = None,
+    warmup_s: float = 900.0,
     progress: Callable[[str], None] | None = None,
 ) -> VanStats:
     """Publish every van's fix ``rate_hz`` times per wall-clock second until ``duration_s``.
 
     Scenario time runs ``speedup`` times faster than the wall clock; fixes carry scenario
-    time (event time), starting at ``start_us`` (default: now).
+    time (event time), starting at ``start_us`` (default: now). The vans start ``warmup_s``
+    into their day, so they are already out on their tours rather than loading at the hub.
+    With ``speedup`` above 1 and no ``start_us``, fix times run ahead of the wall clock.
     """
     stats = VanStats()
     wall0 = time.monotonic()
@@ -58,7 +61,7 @@ async def run_vans(
         last_report = wall0
         while duration_s is None or time.monotonic() - wall0 < duration_s:
             t_s = (time.monotonic() - wall0) * speedup
-            sample = scenario.observe(t_s)
+            sample = scenario.observe(warmup_s + t_s)
             ts_us = t0_us + round(t_s * US_PER_S)
             sends = []
             for i, (vid, client) in enumerate(zip(ids, clients, strict=True)):
