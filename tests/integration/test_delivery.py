@@ -1,0 +1,57 @@
+"""At least once from the broker, exactly once in the table: kill -9 ingest mid-stream."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import psycopg
+
+from tests.integration.conftest import Proc, wait_until
+from tests.integration.test_gps_slice import BROKER, count
+
+
+def test_kill_9_mid_stream_loses_nothing_and_stores_nothing_twice(
+    spawn: Callable[..., Proc], cli: Callable[..., str], db: psycopg.Connection,
+) -> None:
+    client_id = f"milepost-crash-{secrets.token_hex(3)}"
+    env = {"MILEPOST_MQTT_CLIENT_ID": client_id, "MILEPOST_BATCH_MAX_ROWS": "200"}
+    first = spawn("ingest", extra_env=env)
+    first.wait_for("subscribed to")
+    vid = f"CRASH-{secrets.token_hex(3)}"
+    password = cli("devices", "add", vid)
+    time.sleep(0.3)
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    total = 5000
+    lines = b"\n".join(orjson.dumps({"ts": (t0 + timedelta(seconds=k)).isoformat(),
+                                     "lat": 52.5, "lon": 13.4 + k * 1e-6, "seq": k})
+                       for k in range(total)) + b"\n"  # fmt: skip
+    publisher = subprocess.Popen(["mosquitto_pub", *BROKER, "-u", vid, "-P", password, "-q", "1",
+                                  "-t", f"fleet/{vid}/gps", "-l"], stdin=subprocess.PIPE)  # fmt: skip
+    assert publisher.stdin is not None
+    publisher.stdin.write(lines)
+    publisher.stdin.close()
+
+    def stored() -> int:
+        return count(db, "SELECT count(*) FROM gps_fix WHERE vehicle_id = %s", vid)
+
+    wait_until(lambda: stored() >= 500, what="some fixes stored before the crash")
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait()
+    at_crash = stored()
+    assert at_crash < total, "the crash came too late to test anything"
+    assert publisher.wait(60) == 0
+
+    second = spawn("ingest", extra_env=env)  # same client id: the broker resumes the session
+    second.wait_for("subscribed to")
+    wait_until(lambda: stored() >= total, timeout=60, what=f"all {total} fixes")
+    time.sleep(1.0)  # anything redelivered late would show up now
+    assert stored() == total
+    seqs = [r[0] for r in db.execute(
+        "SELECT seq FROM gps_fix WHERE vehicle_id = %s ORDER BY seq", (vid,))]
+    assert seqs == list(range(total))
