@@ -12,7 +12,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from api import errors
 from api.responses import JsonResponse
-from api.routes import health, vehicles
+from api.routes import health, osmand, vehicles
+from ingest.registry import Registry
 from milepost.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 class State(TypedDict):
     pool: AsyncConnectionPool
     settings: Settings
+    osmand_registry: Registry
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 max_size=settings.db_pool_max, open=False, name="api")  # fmt: skip
         await p.open(wait=False)
         try:
-            yield {"pool": p, "settings": settings}
+            yield {"pool": p, "settings": settings, "osmand_registry": Registry(p, "osmand_id")}
         finally:
             await p.close()
 
@@ -46,4 +48,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(vehicles.router)
+    app.include_router(osmand.router)
     return app

@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
@@ -28,9 +29,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from devices.errors import DecodeError
 from devices.gps import json as gps_json
-from devices.records import fixes_to_array
+from devices.gps import nmea, owntracks, teltonika
+from devices.records import GpsFix, fixes_to_array
 from ingest.batch import Batch, DeadLetter, Drained
 from ingest.mqtt import AckToken, BrokerAddress, MqttSource
+from ingest.registry import Registry
 from ingest.stages import run_stages
 from ingest.writer import Writer
 from milepost.settings import Settings
@@ -39,7 +42,13 @@ log = logging.getLogger(__name__)
 
 MAX_CLOSED_BATCHES = 2
 RECEIVE_MAXIMUM = 1000  # unacknowledged messages the broker may have in flight to us
-TOPICS = ("fleet/+/gps",)
+# one line per format: fleet/{vehicle_id}/{kind} -> decoder
+FLEET_DECODERS: dict[str, Callable[[bytes], list[GpsFix]]] = {
+    "gps": gps_json.decode,
+    "nmea": nmea.decode,
+    "teltonika": teltonika.decode,
+}
+TOPICS = (*(f"fleet/+/{kind}" for kind in FLEET_DECODERS), "owntracks/+/+")
 _VEHICLE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
@@ -71,6 +80,10 @@ def vehicle_from_topic(topic: str) -> tuple[str, str]:
     return vehicle, parts[2]
 
 
+class UnknownDeviceError(DecodeError):
+    """A device id that no vehicle is registered for."""
+
+
 class Ingest:
     def __init__(
         self, settings: Settings, pool: AsyncConnectionPool, broker: BrokerAddress
@@ -82,6 +95,7 @@ class Ingest:
         self._batch = Batch(settings.batch_max_rows, RECEIVE_MAXIMUM // 2, settings.batch_max_ms)
         self._closed: asyncio.Queue[Drained] = asyncio.Queue(MAX_CLOSED_BATCHES)
         self._wakeup = asyncio.Event()
+        self._owntracks = Registry(pool, "owntracks_id")
         self.mqtt = MqttSource(
             broker,
             client_id=settings.mqtt_client_id,
@@ -95,10 +109,7 @@ class Ingest:
         self.stats.received += 1
         received = now_us()
         try:
-            vehicle, kind = vehicle_from_topic(topic)
-            if kind != "gps":
-                raise DecodeError(f"no decoder for topic kind {kind!r}")
-            fixes = gps_json.decode(payload)
+            vehicle, fixes = await self._decode(topic, payload)
             self._batch.add_fixes(vehicle, fixes_to_array(fixes), received, token)
         except DecodeError as exc:
             self._batch.add_dead(DeadLetter(received, topic, payload, str(exc)), token)
@@ -106,6 +117,25 @@ class Ingest:
             await self._close_batch()
         elif self._batch.messages == 1:
             self._wakeup.set()
+
+    async def _decode(self, topic: str, payload: bytes) -> tuple[str, list[GpsFix]]:
+        if topic.startswith("owntracks/"):
+            device = topic.removeprefix("owntracks/")
+            fixes = owntracks.decode(payload)
+            if not fixes:  # lwt, transition, waypoint...: nothing to store
+                return "", fixes
+            vehicle = await self._owntracks.vehicle_for(device)
+            if vehicle is None:
+                raise UnknownDeviceError(
+                    f"no vehicle for OwnTracks device {device!r}; register it with"
+                    f" `milepost devices add VEHICLE_ID --owntracks {device}`"
+                )
+            return vehicle, fixes
+        vehicle, kind = vehicle_from_topic(topic)
+        decoder = FLEET_DECODERS.get(kind)
+        if decoder is None:
+            raise DecodeError(f"no decoder for topic kind {kind!r}")
+        return vehicle, decoder(payload)
 
     async def _close_batch(self) -> None:
         drained = self._batch.drain()

@@ -38,7 +38,7 @@ def _reject_rows(frame: FixFrame, index: NDArray[np.intp], reasons: list[str]) -
         out.append(
             DeadLetter(
                 int(frame.received_us[i]),
-                f"fleet/{vehicle}/gps",
+                f"vehicle:{vehicle}",
                 orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
                 f"invalid fix: {reason}",
             )

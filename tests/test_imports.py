@@ -10,7 +10,8 @@ ALLOWED = {
     "devices": set(),
     "geo": set(),
     "ingest": {"devices", "geo", "milepost"},   # milepost.settings / milepost.db: shared base
-    "api": {"geo", "devices", "milepost"},
+    # api: the OsmAnd device route writes through ingest's stages and writer (one write path)
+    "api": {"geo", "devices", "milepost", "ingest"},
     "simulators": {"devices"},
     "milepost": PROJECT,                        # the command line ties everything together
 }

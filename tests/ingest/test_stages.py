@@ -38,7 +38,7 @@ def test_validate_rejects_each_kind_of_bad_fix_with_its_reason() -> None:
         "invalid fix: timestamp more than 25 h ahead of receipt",
         "invalid fix: negative speed",
     ]
-    assert [d.source for d in result.rejected] == ["fleet/V1/gps"] * 2 + ["fleet/V2/gps"] * 4
+    assert [d.source for d in result.rejected] == ["vehicle:V1"] * 2 + ["vehicle:V2"] * 4
 
 
 def test_validate_matches_a_scalar_loop_on_seeded_data() -> None:

@@ -31,8 +31,10 @@ def test_kill_9_mid_stream_loses_nothing_and_stores_nothing_twice(
     lines = b"\n".join(orjson.dumps({"ts": (t0 + timedelta(seconds=k)).isoformat(),
                                      "lat": 52.5, "lon": 13.4 + k * 1e-6, "seq": k})
                        for k in range(total)) + b"\n"  # fmt: skip
-    publisher = subprocess.Popen(["mosquitto_pub", *BROKER, "-u", vid, "-P", password, "-q", "1",
-                                  "-t", f"fleet/{vid}/gps", "-l"], stdin=subprocess.PIPE)  # fmt: skip
+    publisher = subprocess.Popen(
+        ["mosquitto_pub", *BROKER, "-u", vid, "-P", password, "-q", "1",
+         "-t", f"fleet/{vid}/gps", "-l"], stdin=subprocess.PIPE,
+    )  # fmt: skip
     assert publisher.stdin is not None
     publisher.stdin.write(lines)
     publisher.stdin.close()

@@ -145,7 +145,7 @@ def test_malformed_payload_goes_to_dead_letter_and_ingest_keeps_going(
     assert row[0] == f"fleet/{vid}/gps" and bytes(row[1]) == garbage
     assert row[2].startswith("not JSON")
     reasons = [r[0] for r in db.execute(
-        "SELECT reason FROM dead_letter WHERE source = %s", (f"fleet/{vid}/gps",))]
+        "SELECT reason FROM dead_letter WHERE source = %s", (f"vehicle:{vid}",))]
     assert "invalid fix: latitude out of range [-90, 90]" in reasons
     assert ingest.proc.poll() is None
     ingest.wait_for("rejected")
