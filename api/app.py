@@ -12,7 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from api import errors
 from api.responses import JsonResponse
-from api.routes import health, osmand, vehicles
+from api.routes import health, manifest, osmand, vehicles
 from ingest.registry import Registry
 from milepost.settings import Settings, load_settings
 
@@ -49,4 +49,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(vehicles.router)
     app.include_router(osmand.router)
+    app.include_router(manifest.router)
     return app

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import click
 
@@ -237,6 +237,44 @@ def add_device(settings: Settings, vehicle_id: str, password: str | None = None,
 
 
 @main.group()
+def manifest() -> None:
+    """The day's plan: stops, vehicles, gates, parcels, routes."""
+
+
+@manifest.command("load")
+@click.argument("file", type=click.File("rb"))
+@click.pass_context
+def manifest_load(ctx: click.Context, file: BinaryIO) -> None:
+    """Validate and store a manifest (JSON, the format in DESIGN.md); idempotent.
+
+    FILE may be - for standard input. Every problem is reported with its row and field.
+    """
+    import psycopg
+
+    from ingest import manifest as mf
+
+    s = _settings(ctx)
+    data = file.read()
+
+    def go() -> dict[str, int]:
+        migrate_schema(s.database_url)
+        with psycopg.connect(s.database_url) as conn:
+            stops: dict[str, str] = dict(conn.execute(mf.STORED_STOPS_SQL).fetchall())
+            vehicles = {r[0] for r in conn.execute(mf.STORED_VEHICLES_SQL)}
+            m = mf.parse_manifest(data, stops, vehicles)
+            with conn.transaction():
+                for sql, params in mf.statements(m):
+                    conn.execute(sql, params)
+            return mf.summary(m)
+
+    try:
+        counts = _db_call(go)
+    except mf.ManifestError as exc:
+        raise click.ClickException("\n  ".join(["invalid manifest:", *exc.problems])) from exc
+    _stderr("manifest loaded: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
+@main.group()
 def epc() -> None:
     """RFID EPC tools."""
 
@@ -426,7 +464,7 @@ class _Children:
     def __enter__(self) -> _Children:
         return self
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, *exc: object) -> None:
         for _, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.terminate()
