@@ -80,6 +80,12 @@ class TagRead:
     phase_deg: int = -1
 
 
+# a tag read inside NumPy arrays; the EPC and gate travel as codes into label lists
+TAG_READ_DTYPE = np.dtype(
+    [("ts_us", np.int64), ("antenna", np.int16), ("rssi", np.float64), ("read_count", np.int32)]
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ReaderStatus:
     """A non-read message that a reader sends: keep-alive, end of cycle, health alarm.

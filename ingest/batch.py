@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from devices.records import GPS_FIX_DTYPE
+from devices.records import GPS_FIX_DTYPE, TAG_READ_DTYPE
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +51,31 @@ class FixFrame:
 
 
 @dataclass(slots=True)
+class ReadFrame:
+    """Columns of RFID tag reads: ``read`` (TAG_READ_DTYPE) plus gate and EPC codes."""
+
+    read: NDArray[Any]
+    gate: NDArray[np.int32]
+    gates: list[str]
+    epc: NDArray[np.int32]
+    epcs: list[str]
+
+    def __len__(self) -> int:
+        return len(self.read)
+
+    @staticmethod
+    def empty() -> ReadFrame:
+        return ReadFrame(np.empty(0, TAG_READ_DTYPE), np.empty(0, np.int32), [],
+                         np.empty(0, np.int32), [])  # fmt: skip
+
+
+@dataclass(slots=True)
 class Drained:
     fixes: FixFrame
     dead: list[DeadLetter]
     tokens: list[Any]
     messages: int
+    reads: ReadFrame = field(default_factory=ReadFrame.empty)
 
 
 @dataclass(slots=True)
@@ -69,6 +89,10 @@ class Batch:
     _vehicle_code: dict[str, int] = field(default_factory=dict)
     _dead: list[DeadLetter] = field(default_factory=list)
     _tokens: list[Any] = field(default_factory=list)
+    _reads: list[NDArray[Any]] = field(default_factory=list)
+    _read_gate: list[int] = field(default_factory=list)
+    _read_epcs: list[str] = field(default_factory=list)
+    _gate_code: dict[str, int] = field(default_factory=dict)
     rows: int = 0
     messages: int = 0
     _opened: float = 0.0
@@ -91,6 +115,16 @@ class Batch:
             self.rows += len(fixes)
         if token is not None:
             self._tokens.append(token)
+
+    def add_reads(self, gate_id: str, epcs: list[str], reads: NDArray[Any]) -> None:
+        """Append tag reads of one gate: ``reads`` (TAG_READ_DTYPE) and their EPCs."""
+        if not len(reads):
+            return
+        self._touch()
+        self._reads.append(reads)
+        self._read_gate.append(self._gate_code.setdefault(gate_id, len(self._gate_code)))
+        self._read_epcs.extend(epcs)
+        self.rows += len(reads)
 
     def add_dead(self, dead: DeadLetter, token: Any = None) -> None:
         self._touch()
@@ -123,8 +157,23 @@ class Batch:
             )
         else:
             frame = FixFrame.empty()
-        out = Drained(frame, self._dead, self._tokens, self.messages)
+        out = Drained(frame, self._dead, self._tokens, self.messages, self._drain_reads())
         self._parts, self._codes, self._received = [], [], []
         self._vehicle_code, self._dead, self._tokens = {}, [], []
         self.rows = self.messages = 0
         return out
+
+    def _drain_reads(self) -> ReadFrame:
+        if not self._reads:
+            return ReadFrame.empty()
+        lengths = np.fromiter((len(r) for r in self._reads), np.int64, len(self._reads))
+        labels, codes = np.unique(np.asarray(self._read_epcs), return_inverse=True)
+        frame = ReadFrame(
+            np.concatenate(self._reads),
+            np.repeat(np.asarray(self._read_gate, np.int32), lengths),
+            list(self._gate_code),
+            codes.astype(np.int32),
+            labels.tolist(),
+        )
+        self._reads, self._read_gate, self._read_epcs, self._gate_code = [], [], [], {}
+        return frame

@@ -34,6 +34,7 @@ from devices.records import GpsFix, fixes_to_array
 from ingest.batch import Batch, DeadLetter, Drained
 from ingest.mqtt import AckToken, BrokerAddress, MqttSource
 from ingest.registry import Registry
+from ingest.serial import GateChunk, GateSupervisor
 from ingest.stages import run_stages
 from ingest.writer import Writer
 from milepost.settings import Settings
@@ -66,6 +67,7 @@ class Stats:
     flush_s_total: float = 0.0
     flush_s_max: float = 0.0
     db_errors: int = 0
+    reads: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -96,6 +98,8 @@ class Ingest:
         self._closed: asyncio.Queue[Drained] = asyncio.Queue(MAX_CLOSED_BATCHES)
         self._wakeup = asyncio.Event()
         self._owntracks = Registry(pool, "owntracks_id")
+        self.gates = GateSupervisor(pool, self.on_gate_chunk)
+        self._health: dict[tuple[str, int], str] = {}
         self.mqtt = MqttSource(
             broker,
             client_id=settings.mqtt_client_id,
@@ -108,6 +112,7 @@ class Ingest:
         """Decode one message into the open batch. The one place per-message errors are caught."""
         self.stats.received += 1
         received = now_us()
+        was_empty = self._batch.messages == 0
         try:
             vehicle, fixes = await self._decode(topic, payload)
             self._batch.add_fixes(vehicle, fixes_to_array(fixes), received, token)
@@ -115,7 +120,24 @@ class Ingest:
             self._batch.add_dead(DeadLetter(received, topic, payload, str(exc)), token)
         if self._batch.due():
             await self._close_batch()
-        elif self._batch.messages == 1:
+        elif was_empty:
+            self._wakeup.set()
+
+    async def on_gate_chunk(self, chunk: GateChunk) -> None:
+        """Reads and dead letters from a gate's reader thread (called on the event loop)."""
+        was_empty = self._batch.messages == 0
+        self._batch.add_reads(chunk.gate_id, chunk.epcs, chunk.reads)
+        for dead in chunk.dead:
+            self._batch.add_dead(dead)
+        for status in chunk.health:  # log a reader alarm when it appears, not per frame
+            key = (chunk.gate_id, status.code)
+            if self._health.get(key) != status.detail:
+                self._health[key] = status.detail
+                log.warning("gate %s: reader reports %s (0x%04X)", chunk.gate_id,
+                            status.detail, status.code)  # fmt: skip
+        if self._batch.due():
+            await self._close_batch()
+        elif was_empty:
             self._wakeup.set()
 
     async def _decode(self, topic: str, payload: bytes) -> tuple[str, list[GpsFix]]:
@@ -157,22 +179,31 @@ class Ingest:
             result = run_stages(drained.fixes)
             dead = drained.dead + result.rejected
             delay = 0.5
+            failed_at: float | None = None
             while True:
                 t0 = time.perf_counter()
                 try:
-                    flushed = await self._writer.flush(result.frame, dead)
+                    flushed = await self._writer.flush(result.frame, dead, drained.reads)
                     break
                 except psycopg.OperationalError as exc:  # includes the pool's PoolTimeout
                     self.stats.db_errors += 1
-                    log.warning("database write failed (%s); retrying in %.1f s", exc, delay)
+                    if failed_at is None:
+                        failed_at = time.monotonic()
+                        log.warning("database write failed (%s); holding the batch, retrying"
+                                    " with backoff, acknowledging nothing", exc)  # fmt: skip
+                    else:
+                        log.debug("database write failed again (%s)", exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
+            if failed_at is not None:
+                log.info("database writes resumed after %.1f s", time.monotonic() - failed_at)
             dt = time.perf_counter() - t0
             self.mqtt.ack(drained.tokens)
             s = self.stats
             s.stored += flushed.stored
             s.duplicates += flushed.duplicates
             s.rejected += flushed.dead
+            s.reads += flushed.reads
             s.flushes += 1
             s.flush_s_total += dt
             s.flush_s_max = max(s.flush_s_max, dt)
@@ -185,13 +216,14 @@ class Ingest:
             flushes = s.flushes - last.flushes
             avg_ms = (s.flush_s_total - last.flush_s_total) / flushes * 1000 if flushes else 0.0
             log.info(
-                "received %d msgs (+%d), stored %d fixes (+%d), duplicates %d, rejected %d,"
-                " %d flushes avg %.1f ms max %.1f ms, open batch %d rows, %d batches waiting,"
-                " broker %s",
+                "received %d msgs (+%d), stored %d fixes (+%d), %d tag reads (+%d),"
+                " duplicates %d, rejected %d, %d flushes avg %.1f ms max %.1f ms,"
+                " open batch %d rows, %d batches waiting, broker %s, gates %d/%d up",
                 s.received, s.received - last.received, s.stored, s.stored - last.stored,
-                s.duplicates, s.rejected, flushes, avg_ms, s.flush_s_max * 1000,
-                self._batch.rows, self._closed.qsize(),
+                s.reads, s.reads - last.reads, s.duplicates, s.rejected, flushes, avg_ms,
+                s.flush_s_max * 1000, self._batch.rows, self._closed.qsize(),
                 "connected" if self.mqtt.connected else "DISCONNECTED",
+                sum(r.connected for r in self.gates.readers.values()), len(self.gates.readers),
             )  # fmt: skip
             last = dataclasses.replace(s)
             s.flush_s_max = 0.0
@@ -202,6 +234,7 @@ class Ingest:
             tg.create_task(self.run_batcher(), name="batcher")
             tg.create_task(self.run_writer(), name="writer")
             tg.create_task(self.run_stats(), name="stats")
+            tg.create_task(self.gates.run(), name="gates")
 
 
 async def serve(settings: Settings, mqtt_credentials: tuple[str, str] | None) -> None:

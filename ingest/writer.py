@@ -9,6 +9,7 @@ is stored exactly once however often the broker delivers it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +19,10 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from ingest import copy
-from ingest.batch import DeadLetter, FixFrame
+from ingest.batch import DeadLetter, FixFrame, ReadFrame
+
+# (COPY ... FROM STDIN statement, rows) for the small tables written with write_row
+Rows = tuple[str, Sequence[Sequence[object]]]
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +73,26 @@ WHERE v.time < excluded.time
 """
 
 
+def tag_read_copy_payload(reads: ReadFrame) -> bytes:
+    r = reads.read
+    return copy.encode(
+        [
+            copy.Column("timestamptz", r["ts_us"]),
+            copy.Column("text", reads.gate, labels=reads.gates),
+            copy.Column("text", reads.epc, labels=reads.epcs),
+            copy.int_column("int2", r["antenna"]),
+            copy.float_column(r["rssi"]),
+            copy.Column("int4", r["read_count"]),
+        ]
+    )
+
+
 @dataclass(slots=True)
 class FlushResult:
     stored: int  # rows new to gps_fix
     duplicates: int
     dead: int
+    reads: int = 0
 
 
 class Writer:
@@ -82,16 +101,35 @@ class Writer:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
 
-    async def flush(self, frame: FixFrame, dead: list[DeadLetter]) -> FlushResult:
+    async def flush(
+        self, frame: FixFrame, dead: list[DeadLetter], reads: ReadFrame | None = None,
+        extra: Sequence[Rows] = (),
+    ) -> FlushResult:  # fmt: skip
+        """Write everything of one batch in one transaction.
+
+        ``extra`` are further tables' rows (gate passes, cargo scans) as (COPY statement,
+        rows) pairs, written with ``write_row``: they are a few rows per flush.
+        """
         stored = duplicates = 0
         async with self._pool.connection() as conn, conn.transaction():
             if len(frame):
                 stored = await self._write_fixes(conn, frame)
                 duplicates = len(frame) - stored
                 await self._upsert_latest(conn, frame)
+            if reads is not None and len(reads):
+                async with conn.cursor() as cur, cur.copy(
+                    "COPY tag_read (time, gate_id, epc, antenna, rssi, read_count)"
+                    " FROM STDIN (FORMAT BINARY)"
+                ) as cp:
+                    await cp.write(tag_read_copy_payload(reads))
+            for statement, rows in extra:
+                if rows:
+                    async with conn.cursor() as cur, cur.copy(statement) as cp:
+                        for row in rows:
+                            await cp.write_row(row)
             if dead:
                 await self._write_dead(conn, dead)
-        return FlushResult(stored, duplicates, len(dead))
+        return FlushResult(stored, duplicates, len(dead), len(reads) if reads is not None else 0)
 
     async def _write_fixes(self, conn: psycopg.AsyncConnection, frame: FixFrame) -> int:
         payload = gps_copy_payload(frame)

@@ -17,6 +17,7 @@ from devices.errors import DecodeError, FieldError
 from devices.records import US_PER_S, GpsFix
 
 _MAX_FIXES = 100_000
+_TS_MAX_S = 4_102_444_800  # 2100-01-01: keeps microseconds well inside int64
 
 
 def _number(obj: dict[str, Any], key: str, *, required: bool = False) -> float:
@@ -44,8 +45,8 @@ def parse_ts_us(value: Any) -> int:
     if isinstance(value, bool):
         raise FieldError("'ts' must be a string or a number")
     if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise FieldError("'ts' is not finite")
+        if not math.isfinite(value) or not 0 <= value < _TS_MAX_S:
+            raise FieldError(f"'ts' {value!r} is not Unix seconds between 1970 and 2100")
         return round(value * US_PER_S)
     if isinstance(value, str):
         try:

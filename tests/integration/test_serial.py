@@ -1,0 +1,120 @@
+"""Serial gates through real pseudo-terminals: manifest -> milepost ingest -> tag_read."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+import tty
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from devices.epc import encode_sscc96
+from devices.records import TagRead
+from devices.rfid import ascii, mercury
+from tests.integration.conftest import Proc, wait_until
+from tests.integration.test_gps_slice import count
+
+
+class Pty:
+    """A pseudo-terminal whose slave is reachable through a stable symlink, like socat's link=."""
+
+    def __init__(self, link: Path) -> None:
+        self.link = link
+        self.master = -1
+        self.replug()
+
+    def replug(self) -> None:
+        if self.master >= 0:
+            os.close(self.master)
+            os.close(self.slave)
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        tmp = self.link.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        os.symlink(os.ttyname(self.slave), tmp)
+        os.replace(tmp, self.link)
+
+    def write(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def close(self) -> None:
+        # remove the path first: the gate's reader keeps retrying it, and the kernel reuses
+        # /dev/pts numbers, so a stale link would let it open another test's terminal
+        self.link.unlink(missing_ok=True)
+        os.close(self.master)
+        os.close(self.slave)
+
+
+@pytest.fixture()
+def pty(tmp_path: Path) -> Iterator[Pty]:
+    p = Pty(tmp_path / "gate")
+    yield p
+    p.close()
+
+
+def load_gate(cli: Callable[..., str], tmp_path: Path, gate_id: str, url: str,
+              protocol: str) -> None:  # fmt: skip
+    dock = f"DOCK-{gate_id}"
+    doc = {"stops": [{"stop_id": dock, "kind": "dock", "radius_m": 8,
+                      "geofence": {"type": "Point", "coordinates": [13.4, 52.5]}}],
+           "gates": [{"gate_id": gate_id, "dock_stop_id": dock, "url": url,
+                      "protocol": protocol, "antennas": {"1": "hall", "2": "dock"}}]}  # fmt: skip
+    path = tmp_path / f"{gate_id}.json"
+    path.write_text(json.dumps(doc))
+    cli("manifest", "load", str(path))
+
+
+def epcs(n: int) -> list[str]:
+    base = secrets.randbelow(10**8)
+    return [encode_sscc96("0614141", f"{base + i:010d}", 2) for i in range(n)]
+
+
+def reads_of(db: psycopg.Connection, gate_id: str) -> list[tuple[str, int, float]]:
+    return db.execute("SELECT epc, antenna, rssi FROM tag_read WHERE gate_id = %s ORDER BY time",
+                      (gate_id,)).fetchall()  # fmt: skip
+
+
+def test_mercury_frames_land_in_tag_read_and_garbage_in_dead_letter(
+    ingest: Proc, cli: Callable[..., str], db: psycopg.Connection, pty: Pty, tmp_path: Path
+) -> None:
+    gate_id = f"G-{secrets.token_hex(3)}"
+    load_gate(cli, tmp_path, gate_id, str(pty.link), "mercury")
+    ingest.wait_for(f"gate {gate_id}: reading", timeout=15)
+    tags = epcs(5)
+    frames = [mercury.encode_tag_record_frame(TagRead(e, antenna=1 + i % 2, rssi=-60.0 - i,
+                                                      rssi_dbm=True, offset_ms=10 * i,
+                                                      frequency_khz=915250, phase_deg=0))
+              for i, e in enumerate(tags)]  # fmt: skip
+    bad = bytearray(frames[0])
+    bad[-1] ^= 0x55  # CRC failure
+    pty.write(frames[0] + frames[1] + b"\x13\x37garbage!" + bytes(bad) + frames[2])
+    pty.write(mercury.encode_keepalive() + frames[3] + frames[4])
+    wait_until(lambda: len(reads_of(db, gate_id)) == 5, what="five reads")
+    got = reads_of(db, gate_id)
+    assert [g[0] for g in got] == tags
+    assert [g[1] for g in got] == [1, 2, 1, 2, 1]
+    assert [g[2] for g in got] == [-60.0, -61.0, -62.0, -63.0, -64.0]
+    wait_until(lambda: count(db, "SELECT count(*) FROM dead_letter WHERE source = %s",
+                             f"gate:{gate_id}") >= 1, what="garbage in dead_letter")  # fmt: skip
+
+
+def test_replug_behind_the_same_path_resumes_without_restart(
+    ingest: Proc, cli: Callable[..., str], db: psycopg.Connection, pty: Pty, tmp_path: Path
+) -> None:
+    gate_id = f"G-{secrets.token_hex(3)}"
+    load_gate(cli, tmp_path, gate_id, str(pty.link), "ascii")
+    ingest.wait_for(f"gate {gate_id}: reading", timeout=15)
+    first, second = epcs(2)
+    pty.write(ascii.encode_line(TagRead(first, antenna=1, rssi=-55.0, rssi_dbm=True)))
+    wait_until(lambda: len(reads_of(db, gate_id)) == 1, what="the first read")
+    pty.replug()  # the old device is gone; a new one appears behind the same path
+    ingest.wait_for(f"gate {gate_id}: {pty.link} open again", timeout=20)
+    time.sleep(0.2)
+    pty.write(ascii.encode_line(TagRead(second, antenna=2, rssi=-50.0, rssi_dbm=True)))
+    wait_until(lambda: len(reads_of(db, gate_id)) == 2, what="a read after the replug")
+    assert [r[0] for r in reads_of(db, gate_id)] == [first, second]
