@@ -76,6 +76,7 @@ class Drained:
     tokens: list[Any]
     messages: int
     reads: ReadFrame = field(default_factory=ReadFrame.empty)
+    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -93,6 +94,7 @@ class Batch:
     _read_gate: list[int] = field(default_factory=list)
     _read_epcs: list[str] = field(default_factory=list)
     _gate_code: dict[str, int] = field(default_factory=dict)
+    _table_rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     rows: int = 0
     messages: int = 0
     _opened: float = 0.0
@@ -126,6 +128,14 @@ class Batch:
         self._read_epcs.extend(epcs)
         self.rows += len(reads)
 
+    def add_row(self, table: str, row: tuple[Any, ...], token: Any = None) -> None:
+        """Append one row for a small table (cargo scans, sensor readings)."""
+        self._touch()
+        self._table_rows.setdefault(table, []).append(row)
+        self.rows += 1
+        if token is not None:
+            self._tokens.append(token)
+
     def add_dead(self, dead: DeadLetter, token: Any = None) -> None:
         self._touch()
         self._dead.append(dead)
@@ -157,7 +167,9 @@ class Batch:
             )
         else:
             frame = FixFrame.empty()
-        out = Drained(frame, self._dead, self._tokens, self.messages, self._drain_reads())
+        out = Drained(frame, self._dead, self._tokens, self.messages, self._drain_reads(),
+                      self._table_rows)
+        self._table_rows = {}
         self._parts, self._codes, self._received = [], [], []
         self._vehicle_code, self._dead, self._tokens = {}, [], []
         self.rows = self.messages = 0

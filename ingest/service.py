@@ -20,13 +20,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from devices import fleet
 from devices.errors import DecodeError
 from devices.gps import json as gps_json
 from devices.gps import nmea, owntracks, teltonika
@@ -36,7 +39,7 @@ from ingest.mqtt import AckToken, BrokerAddress, MqttSource
 from ingest.registry import Registry
 from ingest.serial import GateChunk, GateSupervisor
 from ingest.stages import run_stages
-from ingest.writer import Writer
+from ingest.writer import Writer, us_to_datetime
 from milepost.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,32 @@ FLEET_DECODERS: dict[str, Callable[[bytes], list[GpsFix]]] = {
     "nmea": nmea.decode,
     "teltonika": teltonika.decode,
 }
-TOPICS = (*(f"fleet/+/{kind}" for kind in FLEET_DECODERS), "owntracks/+/+")
+
+
+
+def _cargo_row(vehicle: str, payload: bytes) -> tuple[Any, ...]:
+    scan = fleet.decode_cargo(payload)
+    return (us_to_datetime(scan.ts_us), vehicle, list(scan.epcs))
+
+
+def _sensor_row(vehicle: str, payload: bytes) -> tuple[Any, ...]:
+    r = fleet.decode_sensor(payload)
+    return (us_to_datetime(r.ts_us), vehicle, None if math.isnan(r.temp_c) else r.temp_c,
+            None if math.isnan(r.humidity) else r.humidity)  # fmt: skip
+
+
+# fleet/{vehicle_id}/{kind} -> one row of a small table; kind -> (row maker, INSERT)
+TABLE_DECODERS: dict[str, Callable[[str, bytes], tuple[Any, ...]]] = {
+    "cargo": _cargo_row,
+    "sensor": _sensor_row,
+}
+TABLE_INSERTS: dict[str, str] = {
+    "cargo": "INSERT INTO cargo_scan (time, vehicle_id, epcs) VALUES (%s, %s, %s)"
+             " ON CONFLICT DO NOTHING",
+    "sensor": "INSERT INTO sensor_reading (time, vehicle_id, temp_c, humidity)"
+              " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+}  # fmt: skip
+TOPICS = (*(f"fleet/+/{kind}" for kind in (*FLEET_DECODERS, *TABLE_DECODERS)), "owntracks/+/+")
 _VEHICLE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
@@ -114,8 +142,13 @@ class Ingest:
         received = now_us()
         was_empty = self._batch.messages == 0
         try:
-            vehicle, fixes = await self._decode(topic, payload)
-            self._batch.add_fixes(vehicle, fixes_to_array(fixes), received, token)
+            kind = topic.rsplit("/", 1)[-1]
+            if topic.startswith("fleet/") and kind in TABLE_DECODERS:
+                vehicle, _ = vehicle_from_topic(topic)
+                self._batch.add_row(kind, TABLE_DECODERS[kind](vehicle, payload), token)
+            else:
+                vehicle, fixes = await self._decode(topic, payload)
+                self._batch.add_fixes(vehicle, fixes_to_array(fixes), received, token)
         except DecodeError as exc:
             self._batch.add_dead(DeadLetter(received, topic, payload, str(exc)), token)
         if self._batch.due():
@@ -183,7 +216,10 @@ class Ingest:
             while True:
                 t0 = time.perf_counter()
                 try:
-                    flushed = await self._writer.flush(result.frame, dead, drained.reads)
+                    flushed = await self._writer.flush(
+                        result.frame, dead, drained.reads,
+                        [(TABLE_INSERTS[k], rows) for k, rows in drained.rows.items()],
+                    )  # fmt: skip
                     break
                 except psycopg.OperationalError as exc:  # includes the pool's PoolTimeout
                     self.stats.db_errors += 1

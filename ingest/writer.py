@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from ingest import copy
 from ingest.batch import DeadLetter, FixFrame, ReadFrame
 
-# (COPY ... FROM STDIN statement, rows) for the small tables written with write_row
+# (INSERT ... ON CONFLICT DO NOTHING, rows) for the small tables
 Rows = tuple[str, Sequence[Sequence[object]]]
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,9 @@ class Writer:
     ) -> FlushResult:  # fmt: skip
         """Write everything of one batch in one transaction.
 
-        ``extra`` are further tables' rows (gate passes, cargo scans) as (COPY statement,
-        rows) pairs, written with ``write_row``: they are a few rows per flush.
+        ``extra`` are further tables' rows (gate passes, cargo scans, sensor readings) as
+        (INSERT ... ON CONFLICT DO NOTHING statement, rows) pairs: a few rows per flush,
+        and a redelivered message must not fail the transaction.
         """
         stored = duplicates = 0
         async with self._pool.connection() as conn, conn.transaction():
@@ -124,9 +125,8 @@ class Writer:
                     await cp.write(tag_read_copy_payload(reads))
             for statement, rows in extra:
                 if rows:
-                    async with conn.cursor() as cur, cur.copy(statement) as cp:
-                        for row in rows:
-                            await cp.write_row(row)
+                    async with conn.cursor() as cur:
+                        await cur.executemany(statement, rows)
             if dead:
                 await self._write_dead(conn, dead)
         return FlushResult(stored, duplicates, len(dead), len(reads) if reads is not None else 0)

@@ -180,3 +180,26 @@ def test_osmand_query_form_and_json(
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
     assert count(db, "SELECT count(*) FROM dead_letter WHERE source = 'http:/osmand'"
                  " AND payload = %s", f"id={device}&lat=north&lon=1".encode()) == 1  # fmt: skip
+
+
+def test_cargo_and_sensor_messages(
+    ingest: Proc, db: psycopg.Connection, cli: Callable[..., str]
+) -> None:
+    vid = f"CG-{tag()}"
+    password = cli("devices", "add", vid)
+    time.sleep(0.3)
+    scan = {"ts": "2026-11-24T08:00:00Z",
+            "epcs": ["3074257bf7194e4000001a85", "3154257BF4499602D2000000"]}  # fmt: skip
+    for _ in range(2):  # a redelivery stores nothing twice
+        pub_raw(vid, password, f"fleet/{vid}/cargo", orjson.dumps(scan))
+    pub_raw(vid, password, f"fleet/{vid}/sensor",
+            b'{"ts": "2026-11-24T08:00:05Z", "temp_c": 4.5, "humidity": 61}')  # fmt: skip
+    pub_raw(vid, password, f"fleet/{vid}/cargo", b'{"ts": 1, "epcs": ["xyz"]}')
+    pub_raw(vid, password, f"fleet/{vid}/sensor", b'{"ts": "2026-11-24T08:00:06Z"}')
+    wait_until(lambda: count(db, "SELECT count(*) FROM dead_letter WHERE source LIKE %s",
+                             f"fleet/{vid}/%") == 2, what="two dead letters")  # fmt: skip
+    rows_ = db.execute("SELECT epcs FROM cargo_scan WHERE vehicle_id = %s", (vid,)).fetchall()
+    assert rows_ == [(["3074257BF7194E4000001A85", "3154257BF4499602D2000000"],)]
+    sensor = db.execute("SELECT temp_c, humidity FROM sensor_reading WHERE vehicle_id = %s",
+                        (vid,)).fetchall()  # fmt: skip
+    assert sensor == [(4.5, 61.0)]
