@@ -61,10 +61,10 @@ Direction (exactly)
 Representation
     Input gates and EPCs are int32 codes into per-batch lists of strings (``gate_ids``,
     ``epc_ids``), the convention of :class:`ingest.batch.FixFrame`: the grouping sorts
-    integers, and only the distinct EPCs (about one in forty reads) are compared as
+    integers, and only the distinct EPCs (a few per pass, not per read) are compared as
     strings, once per batch, to line them up with the open state. No EPC width is
-    assumed (a ``U24`` array would cut EPCs longer than 96 bits, which the Mercury
-    protocol reports), and no interning table grows with the day. :meth:`Reads.of` builds
+    assumed (a ``U24`` array would cut EPCs longer than 96 bits, which Gen2 allows and the Mercury
+    protocol carries), and no interning table grows with the day. :meth:`Reads.of` builds
     the codes from one string per read. Output passes carry strings.
 
 State, all NumPy arrays: at most one open pass per (gate, EPC) as counts, sums and
