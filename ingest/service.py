@@ -30,12 +30,14 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from devices import fleet
+from devices.epc import decode_epc
 from devices.errors import DecodeError
 from devices.gps import json as gps_json
 from devices.gps import nmea, owntracks, teltonika
 from devices.records import GpsFix, fixes_to_array
 from ingest.batch import Batch, DeadLetter, Drained
 from ingest.mqtt import AckToken, BrokerAddress, MqttSource
+from ingest.passes import Passes, PassTracker, Reads
 from ingest.registry import Registry
 from ingest.serial import GateChunk, GateSupervisor
 from ingest.stages import run_stages
@@ -72,6 +74,9 @@ TABLE_DECODERS: dict[str, Callable[[str, bytes], tuple[Any, ...]]] = {
     "sensor": _sensor_row,
 }
 TABLE_INSERTS: dict[str, str] = {
+    "pass": "INSERT INTO gate_pass (time, gate_id, epc, last_seen, direction, reads, peak_rssi,"
+            " epc_urn, confidence, sequence) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT DO NOTHING",
     "cargo": "INSERT INTO cargo_scan (time, vehicle_id, epcs) VALUES (%s, %s, %s)"
              " ON CONFLICT DO NOTHING",
     "sensor": "INSERT INTO sensor_reading (time, vehicle_id, temp_c, humidity)"
@@ -110,6 +115,21 @@ def vehicle_from_topic(topic: str) -> tuple[str, str]:
     return vehicle, parts[2]
 
 
+def pass_rows(p: Passes) -> list[tuple[Any, ...]]:
+    """gate_pass rows, with each EPC decoded to its GS1 pure identity where it has one."""
+    rows = []
+    for i in range(len(p)):
+        epc = str(p.epc[i])
+        peak = float(p.peak_rssi[i])
+        rows.append((
+            us_to_datetime(int(p.first_us[i])), str(p.gate_id[i]), epc,
+            us_to_datetime(int(p.last_us[i])), str(p.direction[i]), int(p.reads[i]),
+            None if math.isnan(peak) else peak, decode_epc(epc).pure_identity_urn,
+            float(p.confidence[i]), str(p.sequence[i]),
+        ))  # fmt: skip
+    return rows
+
+
 class UnknownDeviceError(DecodeError):
     """A device id that no vehicle is registered for."""
 
@@ -127,6 +147,8 @@ class Ingest:
         self._wakeup = asyncio.Event()
         self._owntracks = Registry(pool, "owntracks_id")
         self.gates = GateSupervisor(pool, self.on_gate_chunk)
+        self.passes = PassTracker({})
+        self._roles: dict[tuple[str, int], str] = {}
         self._health: dict[tuple[str, int], str] = {}
         self.mqtt = MqttSource(
             broker,
@@ -209,6 +231,7 @@ class Ingest:
     async def run_writer(self) -> None:
         while True:
             drained = await self._closed.get()
+            self._passes_into(drained)
             result = run_stages(drained.fixes)
             dead = drained.dead + result.rejected
             delay = 0.5
@@ -244,6 +267,36 @@ class Ingest:
             s.flush_s_total += dt
             s.flush_s_max = max(s.flush_s_max, dt)
 
+    def _sync_roles(self) -> None:
+        roles = {(gid, ant): role for gid, r in self.gates.readers.items()
+                 for ant, role in r.gate.antennas.items()}  # fmt: skip
+        if roles != self._roles:
+            self.passes.set_roles(roles)
+            self._roles = roles
+
+    def _passes_into(self, drained: Drained) -> None:
+        """Group the batch's reads into passes; closed passes are written with the batch."""
+        reads = drained.reads
+        if not len(reads):
+            return
+        self._sync_roles()
+        closed = self.passes.update(Reads(reads.gate, reads.epc, reads.read["ts_us"],
+                                          reads.read["antenna"], reads.read["rssi"],
+                                          reads.gates, reads.epcs))  # fmt: skip
+        drained.rows.setdefault("pass", []).extend(pass_rows(closed))
+
+    async def run_passes(self) -> None:
+        """Close the passes of gates that went quiet (no read for the gap, by the clock that
+        stamps serial reads), so a parcel's pass does not wait for the next parcel."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.passes.open_count:
+                self._sync_roles()
+                for row in pass_rows(self.passes.flush(now_us())):
+                    self._batch.add_row("pass", row)
+                if self._batch.messages:
+                    self._wakeup.set()
+
     async def run_stats(self) -> None:
         last = Stats()
         while True:
@@ -271,6 +324,7 @@ class Ingest:
             tg.create_task(self.run_writer(), name="writer")
             tg.create_task(self.run_stats(), name="stats")
             tg.create_task(self.gates.run(), name="gates")
+            tg.create_task(self.run_passes(), name="passes")
 
 
 async def serve(settings: Settings, mqtt_credentials: tuple[str, str] | None) -> None:

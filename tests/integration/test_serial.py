@@ -118,3 +118,33 @@ def test_replug_behind_the_same_path_resumes_without_restart(
     pty.write(ascii.encode_line(TagRead(second, antenna=2, rssi=-50.0, rssi_dbm=True)))
     wait_until(lambda: len(reads_of(db, gate_id)) == 2, what="a read after the replug")
     assert [r[0] for r in reads_of(db, gate_id)] == [first, second]
+
+
+def test_a_parcel_carried_out_is_one_outbound_pass(
+    ingest: Proc, cli: Callable[..., str], db: psycopg.Connection, pty: Pty, tmp_path: Path
+) -> None:
+    gate_id = f"G-{secrets.token_hex(3)}"
+    load_gate(cli, tmp_path, gate_id, str(pty.link), "mercury")
+    ingest.wait_for(f"gate {gate_id}: reading", timeout=15)
+    outbound, inbound = epcs(2)
+
+    def frame(epc: str, antenna: int) -> bytes:
+        return mercury.encode_tag_record_frame(TagRead(
+            epc, antenna=antenna, rssi=-58.0, rssi_dbm=True, offset_ms=0,
+            frequency_khz=915250, phase_deg=0))  # fmt: skip
+
+    # 40 reads over about 1.2 s: first the hall antenna (1), then the dock antenna (2);
+    # the other parcel the other way round
+    for k in range(40):
+        hall_first = 1 if k < 20 else 2
+        pty.write(frame(outbound, hall_first) + frame(inbound, 3 - hall_first))
+        time.sleep(0.03)
+    wait_until(lambda: count(db, "SELECT count(*) FROM gate_pass WHERE gate_id = %s",
+                             gate_id) == 2, timeout=20, what="two passes")  # fmt: skip
+    passes = dict(((epc, (direction, reads, urn)) for epc, direction, reads, urn in db.execute(
+        "SELECT epc, direction, reads, epc_urn FROM gate_pass WHERE gate_id = %s",
+        (gate_id,))))  # fmt: skip
+    assert passes[outbound][:2] == ("out", 40)
+    assert passes[inbound][:2] == ("in", 40)
+    assert passes[outbound][2].startswith("urn:epc:id:sscc:0614141.")
+    assert count(db, "SELECT count(*) FROM tag_read WHERE gate_id = %s", gate_id) == 80
