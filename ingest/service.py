@@ -36,12 +36,13 @@ from devices.gps import json as gps_json
 from devices.gps import nmea, owntracks, teltonika
 from devices.records import GpsFix, fixes_to_array
 from ingest.batch import Batch, DeadLetter, Drained
+from ingest.cargo import CargoTracker
 from ingest.mqtt import AckToken, BrokerAddress, MqttSource
 from ingest.passes import Passes, PassTracker, Reads
 from ingest.registry import Registry
 from ingest.serial import GateChunk, GateSupervisor
 from ingest.stages import run_stages
-from ingest.writer import Writer, us_to_datetime
+from ingest.writer import Writer, datetime_to_us, us_to_datetime
 from milepost.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,6 @@ FLEET_DECODERS: dict[str, Callable[[bytes], list[GpsFix]]] = {
 
 
 
-def _cargo_row(vehicle: str, payload: bytes) -> tuple[Any, ...]:
-    scan = fleet.decode_cargo(payload)
-    return (us_to_datetime(scan.ts_us), vehicle, list(scan.epcs))
-
-
 def _sensor_row(vehicle: str, payload: bytes) -> tuple[Any, ...]:
     r = fleet.decode_sensor(payload)
     return (us_to_datetime(r.ts_us), vehicle, None if math.isnan(r.temp_c) else r.temp_c,
@@ -70,19 +66,19 @@ def _sensor_row(vehicle: str, payload: bytes) -> tuple[Any, ...]:
 
 # fleet/{vehicle_id}/{kind} -> one row of a small table; kind -> (row maker, INSERT)
 TABLE_DECODERS: dict[str, Callable[[str, bytes], tuple[Any, ...]]] = {
-    "cargo": _cargo_row,
     "sensor": _sensor_row,
 }
 TABLE_INSERTS: dict[str, str] = {
     "pass": "INSERT INTO gate_pass (time, gate_id, epc, last_seen, direction, reads, peak_rssi,"
             " epc_urn, confidence, sequence) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT DO NOTHING",
-    "cargo": "INSERT INTO cargo_scan (time, vehicle_id, epcs) VALUES (%s, %s, %s)"
-             " ON CONFLICT DO NOTHING",
+    "cargo": "INSERT INTO cargo_scan (time, vehicle_id, epcs, added, removed, aboard)"
+             " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
     "sensor": "INSERT INTO sensor_reading (time, vehicle_id, temp_c, humidity)"
               " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
 }  # fmt: skip
-TOPICS = (*(f"fleet/+/{kind}" for kind in (*FLEET_DECODERS, *TABLE_DECODERS)), "owntracks/+/+")
+TOPICS = (*(f"fleet/+/{kind}" for kind in (*FLEET_DECODERS, *TABLE_DECODERS, "cargo")),
+          "owntracks/+/+")  # fmt: skip
 _VEHICLE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
@@ -148,6 +144,8 @@ class Ingest:
         self._owntracks = Registry(pool, "owntracks_id")
         self.gates = GateSupervisor(pool, self.on_gate_chunk)
         self.passes = PassTracker({})
+        self.cargo = CargoTracker()
+        self._pool = pool
         self._roles: dict[tuple[str, int], str] = {}
         self._health: dict[tuple[str, int], str] = {}
         self.mqtt = MqttSource(
@@ -165,7 +163,10 @@ class Ingest:
         was_empty = self._batch.messages == 0
         try:
             kind = topic.rsplit("/", 1)[-1]
-            if topic.startswith("fleet/") and kind in TABLE_DECODERS:
+            if topic.startswith("fleet/") and kind == "cargo":
+                vehicle, _ = vehicle_from_topic(topic)
+                self._batch.add_row("cargo", await self._cargo_row(vehicle, payload), token)
+            elif topic.startswith("fleet/") and kind in TABLE_DECODERS:
                 vehicle, _ = vehicle_from_topic(topic)
                 self._batch.add_row(kind, TABLE_DECODERS[kind](vehicle, payload), token)
             else:
@@ -177,6 +178,22 @@ class Ingest:
             await self._close_batch()
         elif was_empty:
             self._wakeup.set()
+
+    async def _cargo_row(self, vehicle: str, payload: bytes) -> tuple[Any, ...]:
+        scan = fleet.decode_cargo(payload)
+        if not self.cargo.known(vehicle):  # after a restart, go on from what was stored
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT time, aboard FROM cargo_scan WHERE vehicle_id = %s"
+                    " AND aboard IS NOT NULL ORDER BY time DESC LIMIT 1", (vehicle,))
+                row = await cur.fetchone()
+            if row is not None:
+                self.cargo.seed(vehicle, datetime_to_us(row[0]), set(row[1]))
+        change = self.cargo.update(vehicle, scan.ts_us, set(scan.epcs))
+        late = change.late
+        return (us_to_datetime(scan.ts_us), vehicle, list(scan.epcs),
+                None if late else list(change.added), None if late else list(change.removed),
+                None if late else list(change.aboard))  # fmt: skip
 
     async def on_gate_chunk(self, chunk: GateChunk) -> None:
         """Reads and dead letters from a gate's reader thread (called on the event loop)."""

@@ -188,4 +188,9 @@ def us_to_datetime(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
+def datetime_to_us(t: datetime) -> int:
+    delta = t - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

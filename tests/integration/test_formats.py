@@ -198,8 +198,19 @@ def test_cargo_and_sensor_messages(
     pub_raw(vid, password, f"fleet/{vid}/sensor", b'{"ts": "2026-11-24T08:00:06Z"}')
     wait_until(lambda: count(db, "SELECT count(*) FROM dead_letter WHERE source LIKE %s",
                              f"fleet/{vid}/%") == 2, what="two dead letters")  # fmt: skip
-    rows_ = db.execute("SELECT epcs FROM cargo_scan WHERE vehicle_id = %s", (vid,)).fetchall()
-    assert rows_ == [(["3074257BF7194E4000001A85", "3154257BF4499602D2000000"],)]
+    both = ["3074257BF7194E4000001A85", "3154257BF4499602D2000000"]
+    rows_ = db.execute("SELECT epcs, added, removed FROM cargo_scan WHERE vehicle_id = %s",
+                       (vid,)).fetchall()  # fmt: skip
+    assert rows_ == [(both, both, [])]
+    # one missed read is not a removal; two in a row are
+    for k, epcs in enumerate((both[:1], both[:1])):
+        pub_raw(vid, password, f"fleet/{vid}/cargo", orjson.dumps(
+            {"ts": f"2026-11-24T08:01:0{k}Z", "epcs": epcs}))  # fmt: skip
+    wait_until(lambda: count(db, "SELECT count(*) FROM cargo_scan WHERE vehicle_id = %s",
+                             vid) == 3, what="three scans")  # fmt: skip
+    removed = [r[0] for r in db.execute(
+        "SELECT removed FROM cargo_scan WHERE vehicle_id = %s ORDER BY time", (vid,))]
+    assert removed == [[], [], both[1:]]
     sensor = db.execute("SELECT temp_c, humidity FROM sensor_reading WHERE vehicle_id = %s",
                         (vid,)).fetchall()  # fmt: skip
     assert sensor == [(4.5, 61.0)]
