@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import psycopg
 import serial
 from psycopg_pool import AsyncConnectionPool
 
@@ -42,6 +43,7 @@ CHUNK_S = 0.05
 READ_TIMEOUT_S = 0.05
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 10.0
+POLL_SCAN_100MS = 2  # UHFReader288 scan time per inventory: 200 ms
 POLL_TIMEOUT_S = 3.0  # a polled reader that has not finished its inventory by then is polled again
 SILENT_RESTART_S = 5.0  # a streaming Mercury that sends nothing (not even keep-alives) is restarted
 RELOAD_S = 2.0
@@ -128,6 +130,9 @@ class GateReader(threading.Thread):
         self._loop = loop
         self._stop_event = threading.Event()
         self.connected = False
+        # receipt time up to which everything this gate sent has been handed to ingest:
+        # passes may be closed by the clock only up to here (a stalled reader holds it back)
+        self.delivered_us = now_us()
         self.reads = 0
         self.frames = 0
         self.rejected = 0
@@ -174,6 +179,7 @@ class GateReader(threading.Thread):
             chunk = collector.chunk()
             future = asyncio.run_coroutine_threadsafe(self._sink(chunk), self._loop)
             future.result()  # blocks while ingest is behind: back-pressure
+            self.delivered_us = now_us()
         else:
             collector.started = time.monotonic()
 
@@ -182,8 +188,12 @@ class GateReader(threading.Thread):
         framer = proto.framer()
         collector = _Collector(self.gate.gate_id)
         polled = self.gate.protocol in ("chafon18", "chafon288")
-        poll_cmd = (chafon.cmd_inventory18() if self.gate.protocol == "chafon18"
-                    else chafon.cmd_inventory288())  # fmt: skip
+        # a UHFReader288 inventories one antenna per command: take the gate's antennas in
+        # turn, so both the hall and the dock side are seen and a pass gets its direction
+        polls = ([chafon.cmd_inventory18()] if self.gate.protocol == "chafon18" else
+                 [chafon.cmd_inventory288(antenna=a, scan_time_100ms=POLL_SCAN_100MS)
+                  for a in sorted(self.gate.antennas) or [1]])  # fmt: skip
+        poll_no = 0
         if self.gate.protocol == "mercury":
             port.write(mercury.cmd_stop_continuous() + mercury.cmd_start_continuous())
         last_data = time.monotonic()
@@ -192,10 +202,13 @@ class GateReader(threading.Thread):
         while not self._stop_event.is_set():
             now = time.monotonic()
             if polled and now >= poll_due:
-                port.write(poll_cmd)
+                port.write(polls[poll_no % len(polls)])
+                poll_no += 1
                 poll_due = now + POLL_TIMEOUT_S
             data = port.read(max(1, port.in_waiting))
             received = now_us()
+            if not collector:
+                self.delivered_us = received
             if data:
                 last_data = time.monotonic()
                 silent = False
@@ -280,7 +293,11 @@ class GateSupervisor:
     async def run(self) -> None:
         try:
             while True:
-                await self.reconcile()
+                try:
+                    await self.reconcile()
+                except psycopg.OperationalError as exc:  # keep the readers; retry later
+                    log.warning("cannot read the gate list (%s); keeping the running readers",
+                                exc)  # fmt: skip
                 await asyncio.sleep(RELOAD_S)
         finally:
             for reader in self.readers.values():

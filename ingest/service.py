@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,22 +162,45 @@ class Ingest:
         received = now_us()
         was_empty = self._batch.messages == 0
         try:
-            kind = topic.rsplit("/", 1)[-1]
-            if topic.startswith("fleet/") and kind == "cargo":
-                vehicle, _ = vehicle_from_topic(topic)
-                self._batch.add_row("cargo", await self._cargo_row(vehicle, payload), token)
-            elif topic.startswith("fleet/") and kind in TABLE_DECODERS:
-                vehicle, _ = vehicle_from_topic(topic)
-                self._batch.add_row(kind, TABLE_DECODERS[kind](vehicle, payload), token)
-            else:
-                vehicle, fixes = await self._decode(topic, payload)
-                self._batch.add_fixes(vehicle, fixes_to_array(fixes), received, token)
+            await self._with_db_retry(self._route, topic, payload, received, token)
         except DecodeError as exc:
             self._batch.add_dead(DeadLetter(received, topic, payload, str(exc)), token)
         if self._batch.due():
             await self._close_batch()
         elif was_empty:
             self._wakeup.set()
+
+    async def _with_db_retry(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run ``fn``, which may look something up in the database, until it gets an answer.
+
+        While the database is down the message can neither be decoded nor stored, so the
+        MQTT loop waits here (the broker holds the rest); it is never dropped."""
+        delay, failed_at = 0.5, None
+        while True:
+            try:
+                await fn(*args)
+                break
+            except psycopg.OperationalError as exc:
+                if failed_at is None:
+                    failed_at = time.monotonic()
+                    log.warning("database lookup failed (%s); waiting for it", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        if failed_at is not None:
+            log.info("database lookups resumed after %.1f s", time.monotonic() - failed_at)
+
+    async def _route(self, topic: str, payload: bytes, received: int, token: AckToken) -> None:
+        """Decode one message into the open batch (DecodeError: the caller dead-letters it)."""
+        kind = topic.rsplit("/", 1)[-1]
+        if topic.startswith("fleet/") and kind == "cargo":
+            vehicle, _ = vehicle_from_topic(topic)
+            self._batch.add_row("cargo", await self._cargo_row(vehicle, payload), token)
+        elif topic.startswith("fleet/") and kind in TABLE_DECODERS:
+            vehicle, _ = vehicle_from_topic(topic)
+            self._batch.add_row(kind, TABLE_DECODERS[kind](vehicle, payload), token)
+        else:
+            vehicle, fixes = await self._decode(topic, payload)
+            self._batch.add_fixes(vehicle, fixes_to_array(fixes), received, token)
 
     async def _cargo_row(self, vehicle: str, payload: bytes) -> tuple[Any, ...]:
         scan = fleet.decode_cargo(payload)
@@ -307,9 +330,13 @@ class Ingest:
         stamps serial reads), so a parcel's pass does not wait for the next parcel."""
         while True:
             await asyncio.sleep(1.0)
-            if self.passes.open_count:
+            readers = [r for r in self.gates.readers.values() if r.connected]
+            if self.passes.open_count and readers:
                 self._sync_roles()
-                for row in pass_rows(self.passes.flush(now_us())):
+                # only as far as every reader has handed over what it read: a reader
+                # blocked by back-pressure must not see its parcels' passes cut short
+                horizon = min(r.delivered_us for r in readers)
+                for row in pass_rows(self.passes.flush(horizon)):
                     self._batch.add_row("pass", row)
                 if self._batch.messages:
                     self._wakeup.set()

@@ -249,29 +249,33 @@ def manifest_load(ctx: click.Context, file: BinaryIO) -> None:
 
     FILE may be - for standard input. Every problem is reported with its row and field.
     """
+    from ingest import manifest as mf
+
+    try:
+        counts = load_manifest(_settings(ctx), file.read())
+    except mf.ManifestError as exc:
+        raise click.ClickException("\n  ".join(["invalid manifest:", *exc.problems])) from exc
+    _stderr("manifest loaded: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
+def load_manifest(settings: Settings, doc: bytes | dict[str, object]) -> dict[str, int]:
+    """Validate and store a manifest in one transaction; raises ManifestError."""
     import psycopg
 
     from ingest import manifest as mf
 
-    s = _settings(ctx)
-    data = file.read()
-
     def go() -> dict[str, int]:
-        migrate_schema(s.database_url)
-        with psycopg.connect(s.database_url) as conn:
+        migrate_schema(settings.database_url)
+        with psycopg.connect(settings.database_url) as conn:
             stops: dict[str, str] = dict(conn.execute(mf.STORED_STOPS_SQL).fetchall())
             vehicles = {r[0] for r in conn.execute(mf.STORED_VEHICLES_SQL)}
-            m = mf.parse_manifest(data, stops, vehicles)
+            m = mf.parse_manifest(doc, stops, vehicles)
             with conn.transaction():
                 for sql, params in mf.statements(m):
                     conn.execute(sql, params)
             return mf.summary(m)
 
-    try:
-        counts = _db_call(go)
-    except mf.ManifestError as exc:
-        raise click.ClickException("\n  ".join(["invalid manifest:", *exc.problems])) from exc
-    _stderr("manifest loaded: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    return _db_call(go)
 
 
 @main.group()
@@ -356,28 +360,51 @@ def api(ctx: click.Context) -> None:
               help="scenario time runs this many times faster than the wall clock")  # fmt: skip
 @click.option("--duration", default=None, type=click.FloatRange(0.1),
               help="seconds to run (default: until stopped)")  # fmt: skip
+@click.option("--gates", default=0, show_default=True, type=click.IntRange(0, 64),
+              help="hub dock-door RFID readers on pseudo-terminals (Mercury, Chafon 288, ASCII"
+                   " in turn), carrying the manifest's parcels through")  # fmt: skip
+@click.option("--parcels-per-stop", default=2, show_default=True, type=click.IntRange(0, 50))
 @click.pass_context
 def simulate(ctx: click.Context, vans: int, rate: float, seed: int, speedup: float,
-             duration: float | None) -> None:  # fmt: skip
-    """Seeded vans driving a street grid around a hub, publishing over MQTT."""
+             duration: float | None, gates: int, parcels_per_stop: int) -> None:  # fmt: skip
+    """Seeded vans driving a street grid around a hub over MQTT, and gate readers on
+    pseudo-terminals; loads the scenario's manifest (stops, parcels, routes, gates) first."""
     from ingest.mqtt import BrokerAddress
+    from simulators.gates import GateSim
+    from simulators.plan import gate_specs, scenario_manifest
     from simulators.scenario import Scenario
     from simulators.vans import run_vans
 
     s = _settings(ctx)
     _logging(s.log_level)
     scenario = Scenario(vans, seed)
+    specs = gate_specs(gates)
+    link_dir = (s.state_dir / "sim" / "gates").absolute()
+    doc, parcel_epcs = scenario_manifest(
+        scenario, specs, {g.gate_id: str(link_dir / g.gate_id) for g in specs},
+        parcels_per_stop=parcels_per_stop)  # fmt: skip
     passwords = {}
     for vid in scenario.vehicle_ids:
         passwords[vid] = add_device(s, vid, _sim_password(seed, vid))
+    counts = load_manifest(s, doc)
+    _stderr("manifest loaded: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     broker = BrokerAddress.from_url(s.mqtt_url)
-    try:
-        stats = asyncio.run(run_vans(scenario, host=broker.host, port=broker.port,
-                                     passwords=passwords, rate_hz=rate, speedup=speedup,
-                                     duration_s=duration, progress=_stderr))  # fmt: skip
-    except KeyboardInterrupt:
-        return
-    _stderr(f"published {stats.published} fixes, {stats.failed} failed")
+    sim = GateSim(specs, seed, link_dir=link_dir, epcs=parcel_epcs) if specs else None
+
+    async def run() -> None:
+        vans_task = run_vans(scenario, host=broker.host, port=broker.port, passwords=passwords,
+                             rate_hz=rate, speedup=speedup, duration_s=duration,
+                             progress=_stderr)  # fmt: skip
+        if sim is None:
+            stats = await vans_task
+        else:
+            _stderr(f"{len(specs)} gates on pseudo-terminals under {link_dir}")
+            stats, _ = await asyncio.gather(vans_task, sim.run(duration))
+            _stderr(f"gates carried {len(sim.carries())} parcels through")
+        _stderr(f"published {stats.published} fixes, {stats.failed} failed")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
 
 
 def _sim_password(seed: int, vehicle_id: str) -> str:
@@ -416,7 +443,7 @@ def demo(ctx: click.Context, vans: int, rate: float, seed: int, speedup: float) 
         spawn("api", [*exe, "api"], log_dir / "api.log")
         _wait_http(f"http://{s.api_addr}/healthz", 60)
         spawn("simulate", [*exe, "simulate", "--vans", str(vans), "--rate", str(rate),
-                           "--seed", str(seed), "--speedup", str(speedup)],
+                           "--seed", str(seed), "--speedup", str(speedup), "--gates", "2"],
               log_dir / "simulate.log")  # fmt: skip
         base = f"http://{s.api_addr}"
         click.echo(
