@@ -37,6 +37,8 @@ def test_array_with_unix_seconds_and_missing_optionals() -> None:
     (b'{"ts": 1, "lat": "52.5", "lon": 2}', "must be a number"),
     (b'{"ts": 1, "lat": true, "lon": 2}', "must be a number"),
     (b'{"ts": 1, "lat": 1, "lon": 2, "sats": 1.5}', "integer"),
+    (b'{"ts": 1.8e302, "lat": 1, "lon": 2}', "between 1970 and 2100"),
+    (b'{"ts": -5, "lat": 1, "lon": 2}', "between 1970 and 2100"),
     (b'[{"ts": 1, "lat": 1, "lon": 2}, 7]', "fix 1"),
     (b'"a string"', "JSON object"),
 ])
