@@ -74,7 +74,7 @@ def _milepost(data: bytes, reads: int) -> int:
     return passes + hand_over() + len(tracker.flush())
 
 
-def gate_decode_vs_split(reads: int = 20_000, rounds: int = 3, **_: Any) -> dict[str, Any]:
+def gate_decode_vs_split(reads: int = 20_000, rounds: int = 3, **_unused: Any) -> dict[str, Any]:
     data, parcels = stream(reads)
     assert _milepost(data, reads) == len(parcels)  # one pass per parcel
     base, subj = [], []
