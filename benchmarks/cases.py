@@ -1,9 +1,10 @@
-"""Benchmark cases. Each returns medians of a baseline and of milepost, and their ratio."""
+"""Micro benchmark cases: each returns medians of a baseline and of milepost, and their ratio.
+
+The end-to-end ingest suite of issue 3 is in benchmarks.pipeline."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import secrets
 import statistics
@@ -13,23 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import numpy as np
-import orjson
 import psycopg
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from psycopg_pool import AsyncConnectionPool
 
 from devices.records import GPS_FIX_DTYPE
 from ingest.batch import FixFrame
-from ingest.mqtt import BrokerAddress
-from ingest.service import Ingest
 from ingest.stages import EARLIEST_US, MAX_AHEAD_US, validate
 from ingest.writer import GPS_COLUMNS, Writer, gps_copy_payload
-from milepost import stack
 from milepost.db import migrate
-from milepost.settings import load_settings
 
 STATE_DIR = Path(__file__).resolve().parents[1] / "var"
 ADMIN_URL = "postgresql://milepost@127.0.0.1:55432/postgres"
@@ -115,7 +108,7 @@ def writer_vs_raw_copy(db: BenchDb, rows: int, rounds: int, **_: Any) -> dict[st
             await Writer(pool).flush(frame, [])
 
     base, subj = [], []
-    for _ in range(rounds):
+    for _round in range(rounds):
         db.truncate()
         base.append(_timed(raw))
         db.truncate()
@@ -159,7 +152,7 @@ def encoder_vs_psycopg_rows(db: BenchDb, rows: int, rounds: int, **_: Any) -> di
             cp.write(gps_copy_payload(frame))
 
     base, subj = [], []
-    for _ in range(rounds):
+    for _round in range(rounds):
         db.truncate()
         base.append(_timed(rowwise))
         db.truncate()
@@ -202,109 +195,8 @@ def validate_vs_python(rows: int, rounds: int, **_: Any) -> dict[str, Any]:
                    "milepost time / loop time; below 1.0 is faster", rows=rows)  # fmt: skip
 
 
-# ---------------------------------------------------------------- ingest vs bare subscriber
-
-
-def _session_props() -> Properties:
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 3600
-    return props
-
-
-async def _open_session(host: str, port: int, user: str, pw: str, client_id: str) -> None:
-    async with aiomqtt.Client(host, port, username=user, password=pw, identifier=client_id,
-                              protocol=aiomqtt.ProtocolVersion.V5, clean_start=True,
-                              properties=_session_props()) as c:  # fmt: skip
-        await c.subscribe("fleet/+/gps", qos=1)
-
-
-async def _publish(host: str, port: int, vans: dict[str, str], messages: int) -> None:
-    per_van = messages // len(vans)
-    t0 = 1_790_000_000
-
-    async def one(vid: str, pw: str) -> None:
-        async with aiomqtt.Client(host, port, username=vid, password=pw,
-                                  max_inflight_messages=200) as c:  # fmt: skip
-            c.pending_calls_threshold = 10**6  # we keep 200 in flight on purpose
-            for start in range(0, per_van, 200):
-                await asyncio.gather(*(
-                    c.publish(f"fleet/{vid}/gps", orjson.dumps(
-                        {"ts": t0 + k, "lat": 52.5 + k * 1e-6, "lon": 13.4, "speed": 5.0}), qos=1)
-                    for k in range(start, min(per_van, start + 200))))  # fmt: skip
-
-    await asyncio.gather(*(one(v, p) for v, p in vans.items()))
-
-
-async def _bare_drain(host: str, port: int, user: str, pw: str, client_id: str,
-                      messages: int) -> float:  # fmt: skip
-    n = 0
-    t0 = time.perf_counter()
-    async with aiomqtt.Client(host, port, username=user, password=pw, identifier=client_id,
-                              protocol=aiomqtt.ProtocolVersion.V5, clean_start=False,
-                              properties=_session_props()) as c:  # fmt: skip
-        async for m in c.messages:
-            orjson.loads(m.payload)  # type: ignore[arg-type]
-            n += 1
-            if n >= messages:
-                break
-    return time.perf_counter() - t0
-
-
-async def _ingest_drain(db: BenchDb, client_id: str, creds: tuple[str, str],
-                        messages: int) -> float:  # fmt: skip
-    settings = load_settings({}, database_url=db.url, mqtt_client_id=client_id,
-                             state_dir=STATE_DIR, stats_interval_s=3600.0)  # fmt: skip
-    broker = BrokerAddress.from_url(settings.mqtt_url, creds)
-    t0 = time.perf_counter()
-    async with AsyncConnectionPool(db.url, min_size=1, max_size=2) as pool:
-        ing = Ingest(settings, pool, broker)
-        task = asyncio.create_task(ing.run(), name="bench-ingest")
-        while ing.stats.stored + ing.stats.duplicates < messages:
-            await asyncio.sleep(0.01)
-        elapsed = time.perf_counter() - t0
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, BaseExceptionGroup):
-            await task
-    return elapsed
-
-
-def ingest_vs_bare_subscriber(db: BenchDb, messages: int, rounds: int, **_: Any
-                              ) -> dict[str, Any]:  # fmt: skip
-    """Drain M queued one-fix messages: milepost ingest (decode, batch, validate, COPY,
-    commit, ack) against a bare aiomqtt subscriber that only parses the JSON."""
-    host, port = stack.HOST, stack.MQTT_PORT
-    user, pw = stack.ingest_credentials(STATE_DIR)
-    vans = {}
-    for i in range(10):
-        vid = f"BENCH-{i:02d}"
-        vans[vid] = f"bench-{i}-{secrets.token_hex(4)}"
-        stack.add_broker_user(STATE_DIR, vid, vans[vid])
-    time.sleep(0.5)  # the broker reloads its password file on SIGHUP
-    messages -= messages % len(vans)
-    base, subj = [], []
-    for r in range(rounds):
-        db.truncate()
-        bare_id = f"bench-bare-{r}-{secrets.token_hex(3)}"
-        ingest_id = f"bench-ing-{r}-{secrets.token_hex(3)}"
-
-        async def prepare(bare_id: str = bare_id, ingest_id: str = ingest_id) -> None:
-            await _open_session(host, port, user, pw, bare_id)
-            await _open_session(host, port, user, pw, ingest_id)
-            await _publish(host, port, vans, messages)
-
-        asyncio.run(prepare())
-        base.append(asyncio.run(_bare_drain(host, port, user, pw, bare_id, messages)))
-        subj.append(asyncio.run(_ingest_drain(db, ingest_id, (user, pw), messages)))
-    return _result("bare aiomqtt subscriber (parse only)", "milepost ingest to the database",
-                   base, subj, "s", "milepost time / bare subscriber time; 1.0 = keeps pace",
-                   messages=messages,
-                   subject_msgs_per_s=messages / statistics.median(subj),
-                   baseline_msgs_per_s=messages / statistics.median(base))  # fmt: skip
-
-
 CASES: dict[str, Callable[..., dict[str, Any]]] = {
     "writer_vs_raw_copy": writer_vs_raw_copy,
     "encoder_vs_psycopg_rows": encoder_vs_psycopg_rows,
     "validate_vs_python": validate_vs_python,
-    "ingest_vs_bare_subscriber": ingest_vs_bare_subscriber,
 }
