@@ -54,7 +54,11 @@ __all__ = [
     "add_broker_user",
     "down",
     "ingest_credentials",
+    "start_broker",
+    "start_postgres",
     "status",
+    "stop_broker",
+    "stop_postgres",
     "up",
 ]
 
@@ -1036,6 +1040,21 @@ def _psql(paths: _Paths, major: int, database: str, *commands: str) -> str:
     return _run(args, what=f"psql ({database})", env=_pg_env())
 
 
+def _stop_postgres(paths: _Paths) -> None:
+    pg_pid = _postmaster_pid(paths)
+    if pg_pid is not None:
+        major = int((paths.pg_data / "PG_VERSION").read_text().strip())
+        owner = pwd.getpwuid(paths.pg_data.stat().st_uid)
+        pg_ctl = [str(_pg_bin(major) / "pg_ctl"), "-D", str(paths.pg_data)]
+        _run(
+            _as_user(owner, [*pg_ctl, "-m", "fast", "-w", "-t", "60", "stop"]),
+            what="pg_ctl stop",
+            env=_pg_env(),
+        )
+        log.info("stopped PostgreSQL (pid %d)", pg_pid)
+    paths.pg_pid.unlink(missing_ok=True)
+
+
 def _ensure_postgres(paths: _Paths, major: int, progress: Callable[[str], None]) -> None:
     user = _pg_user()
     bindir = _pg_bin(major)
@@ -1272,6 +1291,14 @@ def _stop_mosquitto(paths: _Paths, pid: int) -> None:
     paths.mqtt_pid.unlink(missing_ok=True)
 
 
+def _stop_broker(paths: _Paths) -> None:
+    mqtt_pid = _mosquitto_pid(paths)
+    if mqtt_pid is not None:
+        _stop_mosquitto(paths, mqtt_pid)
+        log.info("stopped mosquitto (pid %d)", mqtt_pid)
+    paths.mqtt_pid.unlink(missing_ok=True)
+
+
 def _ensure_mosquitto(
     paths: _Paths, fallback_user: pwd.struct_passwd, progress: Callable[[str], None]
 ) -> None:
@@ -1359,36 +1386,50 @@ def down(state_dir: Path) -> None:
         return
     _require_root()
     with _locked(paths):
-        pg_pid = _postmaster_pid(paths)
-        if pg_pid is not None:
-            major = int((paths.pg_data / "PG_VERSION").read_text().strip())
-            owner = pwd.getpwuid(paths.pg_data.stat().st_uid)
-            _run(
-                _as_user(
-                    owner,
-                    [
-                        str(_pg_bin(major) / "pg_ctl"),
-                        "-D",
-                        str(paths.pg_data),
-                        "-m",
-                        "fast",
-                        "-w",
-                        "-t",
-                        "60",
-                        "stop",
-                    ],
-                ),
-                what="pg_ctl stop",
-                env=_pg_env(),
-            )
-            log.info("stopped PostgreSQL (pid %d)", pg_pid)
-        paths.pg_pid.unlink(missing_ok=True)
+        _stop_postgres(paths)
+        _stop_broker(paths)
 
-        mqtt_pid = _mosquitto_pid(paths)
-        if mqtt_pid is not None:
-            _stop_mosquitto(paths, mqtt_pid)
-            log.info("stopped mosquitto (pid %d)", mqtt_pid)
-        paths.mqtt_pid.unlink(missing_ok=True)
+
+def stop_postgres(state_dir: Path) -> None:
+    """Stop our PostgreSQL (fast shutdown: open sessions end at once) and wait until it
+    has exited; a no-op when it is not running. ``start_postgres`` starts it again."""
+    paths = _paths(state_dir)
+    _require_root()
+    with _locked(paths):
+        _stop_postgres(paths)
+
+
+def start_postgres(state_dir: Path) -> None:
+    """Start our PostgreSQL (already provisioned by ``up``) and wait until it accepts
+    connections; a no-op when it runs."""
+    paths = _paths(state_dir)
+    _require_root()
+    if not (paths.pg_data / "PG_VERSION").exists():
+        raise StackError(f"no PostgreSQL cluster in {paths.pg_data}; run `milepost stack up` first")
+    with _locked(paths):
+        major = int((paths.pg_data / "PG_VERSION").read_text().strip())
+        _ensure_postgres(paths, major, lambda _msg: None)
+
+
+def stop_broker(state_dir: Path) -> None:
+    """Stop our Mosquitto with SIGTERM, on which it writes its persistence database
+    (sessions, queued and in-flight QoS 1 messages) before it exits; waits for the exit.
+    A no-op when it is not running. ``start_broker`` starts it again."""
+    paths = _paths(state_dir)
+    _require_root()
+    with _locked(paths):
+        _stop_broker(paths)
+
+
+def start_broker(state_dir: Path) -> None:
+    """Start our Mosquitto (already provisioned by ``up``); it reloads its persistence
+    database. Waits until it listens; a no-op when it runs."""
+    paths = _paths(state_dir)
+    _require_root()
+    if not paths.mqtt_conf.exists():
+        raise StackError(f"no broker configuration in {paths.mqtt}; run `milepost stack up` first")
+    with _locked(paths):
+        _ensure_mosquitto(paths, _pg_user(), lambda _msg: None)
 
 
 def status(state_dir: Path) -> str:
