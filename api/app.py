@@ -30,8 +30,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
-        p = AsyncConnectionPool(settings.database_url, min_size=1,
-                                max_size=settings.db_pool_max, open=False, name="api")  # fmt: skip
+        # check: a connection broken by a database restart is replaced, not handed out
+        p = AsyncConnectionPool(settings.database_url, min_size=1, max_size=settings.db_pool_max,
+                                open=False, name="api",
+                                check=AsyncConnectionPool.check_connection)  # fmt: skip
         await p.open(wait=False)
         try:
             yield {"pool": p, "settings": settings, "osmand_registry": Registry(p, "osmand_id")}

@@ -376,7 +376,7 @@ async def serve(settings: Settings, mqtt_credentials: tuple[str, str] | None) ->
     broker = BrokerAddress.from_url(settings.mqtt_url, mqtt_credentials)
     pool = AsyncConnectionPool(
         settings.database_url, min_size=1, max_size=settings.db_pool_max, open=False,
-        name="ingest",
+        name="ingest", check=AsyncConnectionPool.check_connection,
     )  # fmt: skip
     await pool.open(wait=False)
     try:

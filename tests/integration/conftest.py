@@ -64,6 +64,7 @@ def free_port() -> int:
 class Proc:
     proc: subprocess.Popen[bytes]
     log: Path
+    client_id: str | None = None  # an ingest's MQTT session, forgotten at teardown
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -113,13 +114,38 @@ def spawn(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
             p = subprocess.Popen([sys.executable, "-m", "milepost", *args], cwd=ROOT,
                                  env={**env, **(extra_env or {})}, stdout=out,
                                  stderr=subprocess.STDOUT)  # fmt: skip
-        proc = Proc(p, log)
+        merged = {**env, **(extra_env or {})}
+        proc = Proc(p, log, merged["MILEPOST_MQTT_CLIENT_ID"] if args[0] == "ingest" else None)
         procs.append(proc)
         return proc
 
     yield start
     for p in procs:
         p.stop()
+    for client_id in {p.client_id for p in procs if p.client_id}:
+        forget_session(client_id)
+
+
+def forget_session(client_id: str) -> None:
+    """Remove a stopped ingest's persistent session from the broker: otherwise the broker
+    queues every later fix for it for seven days (``persistent_client_expiration``)."""
+    from paho.mqtt import client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    user, password = stack.ingest_credentials(STATE_DIR)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 0
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.username_pw_set(user, password)
+    c.connect("127.0.0.1", stack.MQTT_PORT, clean_start=True, properties=props)
+    c.loop_start()
+    try:
+        wait_until(c.is_connected, timeout=10, what=f"a clean session for {client_id}")
+    finally:
+        c.disconnect()
+        c.loop_stop()
 
 
 @pytest.fixture(scope="session")

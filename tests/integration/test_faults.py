@@ -27,14 +27,12 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest.serial import RELOAD_S
 from milepost import stack
 from milepost.db import migrate
-from tests.integration.conftest import ADMIN_URL, STATE_DIR, Proc, wait_until
+from tests.integration.conftest import ADMIN_URL, STATE_DIR, Proc, forget_session, wait_until
 
 RECEIVE_MAXIMUM = 1000  # unacknowledged messages ingest lets the broker have in flight to it
 T0_US = 1_790_000_000_000_000  # 2026-09-21: fix seq k is at T0 + k seconds
@@ -171,23 +169,6 @@ def log_warnings(proc: Proc) -> list[str]:
     return [line for line in proc.text().splitlines() if " WARNING " in line or " ERROR " in line]
 
 
-def forget_session(client_id: str) -> None:
-    """Remove a stopped ingest's persistent session from the broker: otherwise the broker
-    queues every later fix for it for seven days (``persistent_client_expiration``)."""
-    user, password = stack.ingest_credentials(STATE_DIR)
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 0
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    c.username_pw_set(user, password)
-    c.connect("127.0.0.1", stack.MQTT_PORT, clean_start=True, properties=props)
-    c.loop_start()
-    try:
-        wait_until(c.is_connected, timeout=10, what=f"a clean session for {client_id}")
-    finally:
-        c.disconnect()
-        c.loop_stop()
-
-
 @pytest.fixture(scope="module")
 def fault_db(local_stack: stack.StackInfo) -> Iterator[str]:
     """A database that only this module's ingest processes write to."""
@@ -309,10 +290,11 @@ def test_postgres_stopped_mid_stream_loses_nothing_and_stores_nothing_twice(
         *warnings,
         sep="\n  ",
     )
-    # ingest says it once (later retries wait inside the pool); psycopg.pool logs each
+    # ingest says it at most once (with the pool's connection check, a short outage is
+    # waited out inside the pool and ingest may say nothing); psycopg.pool logs each
     # reconnect attempt of each pooled connection, with exponential backoff
     own = [line for line in warnings if " ingest." in line]
-    assert 1 <= len(own) <= 2, "\n".join(warnings)
+    assert len(own) <= 2, "\n".join(warnings)
     assert len(warnings) <= 30, "\n".join(warnings)
 
 

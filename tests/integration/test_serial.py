@@ -181,9 +181,10 @@ def test_simulated_gates_of_every_protocol_give_one_pass_per_carry(
         assert {c.epc_hex for c in mine} <= stored, g.protocol
         if g.protocol == "chafon288":
             continue  # polled one antenna at a time: passes, but direction is best effort
-        wait_until(lambda g=g, n=len(mine): count(  # type: ignore[misc]
+        n = len(mine)
+        wait_until(lambda g=g, n=n: count(  # type: ignore[misc]
             db, "SELECT count(*) FROM gate_pass WHERE gate_id = %s", g.gate_id) >= n,
-            timeout=15, what=f"{len(mine)} passes at {g.gate_id}")  # fmt: skip
+            timeout=15, what=f"{n} passes at {g.gate_id}")  # fmt: skip
         passes = db.execute("SELECT epc, direction FROM gate_pass WHERE gate_id = %s",
                             (g.gate_id,)).fetchall()  # fmt: skip
         assert sorted(passes) == sorted((c.epc_hex, c.direction) for c in mine), g.protocol
