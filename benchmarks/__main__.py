@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from benchmarks import cases, pipeline
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -79,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"   milepost ({r['subject']}): {r['subject_median']:.4g} {r['unit']}\n"
                   f"   ratio: {r['ratio']:.3f} ({r['meaning']})", file=sys.stderr)  # fmt: skip
     finally:
-        db.drop()
+        try:
+            db.drop()
+        except psycopg.Error as exc:  # keep the error that stopped the run in view
+            print(f"could not drop {db.name}: {exc}", file=sys.stderr)
     RESULTS.mkdir(exist_ok=True)
     head = {"machine": _machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if micro:
