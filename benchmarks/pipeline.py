@@ -5,9 +5,9 @@ private broker (benchmarks.broker) per run, fresh client ids per phase, and one 
 set of fixes that every phase draws from, so the figures are comparable:
 
 * database ceiling: one raw binary COPY of the 50-fix phase's fixes into ``gps_fix``;
-* client ceiling: a bare aiomqtt subscriber (the library ingest uses) that only counts
-  QoS 1 messages, draining a backlog queued in its persistent session; a bare paho
-  subscriber the same way, for reference;
+* client ceiling: a bare aiomqtt subscriber (the library and MQTT 3.1.1, as ingest) that
+  only counts QoS 1 messages, draining a backlog queued in its persistent session; the
+  same over MQTT 5 and a bare paho subscriber, for reference;
 * naive: one INSERT per message in autocommit mode (a commit per message), database side
   only, so it is an upper bound for any naive pipeline;
 * milepost: ``ingest.service.Ingest`` in this process, draining a backlog of one-fix and
@@ -484,9 +484,9 @@ def run(db: BenchDb, p: Params) -> dict[str, Any]:
     s: dict[str, Series] = {
         "db_copy": Series(f"binary COPY of {work.batched_rows:,} fixes, one transaction",
                           "fixes/s", [], []),
-        "client_aiomqtt": Series(f"bare aiomqtt subscriber, MQTT 5, {n_single:,} QoS 1 msgs",
-                                 "msgs/s", [], []),
-        "client_aiomqtt311": Series("  reference: the same, MQTT 3.1.1", "msgs/s", [], []),
+        "client_aiomqtt311": Series(f"bare aiomqtt subscriber, MQTT 3.1.1 as ingest,"
+                                    f" {n_single:,} QoS 1 msgs", "msgs/s", [], []),
+        "client_aiomqtt": Series("  reference: the same, MQTT 5", "msgs/s", [], []),
         "client_paho": Series("  reference: bare paho subscriber, MQTT 5", "msgs/s", [], []),
         "naive": Series(f"INSERT + commit per message, {len(naive):,} one-fix msgs", "fixes/s",
                         [], []),
@@ -577,8 +577,8 @@ def _report(s: dict[str, Series], latency: dict[str, dict[str, Any]], p: Params
             ) -> dict[str, Any]:  # fmt: skip
     per = p.fixes_per_message
     targets: list[tuple[str, tuple[float, list[float]], str, float]] = [
-        ("one-fix msgs / client ceiling (aiomqtt, MQTT 5)",
-         _ratio(s, "milepost_single", "client_aiomqtt"), ">=", 0.7),
+        ("one-fix msgs / client ceiling (aiomqtt, MQTT 3.1.1 as ingest)",
+         _ratio(s, "milepost_single", "client_aiomqtt311"), ">=", 0.7),
         ("one-fix msgs / naive INSERT per message", _ratio(s, "milepost_single", "naive"),
          ">=", 3.0),
         (f"{per}-fix msgs / database ceiling (fixes/s)", _ratio(s, "milepost_batched", "db_copy"),
