@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
@@ -36,7 +37,9 @@ from devices.errors import DecodeError
 from devices.gps import json as gps_json
 from devices.gps import nmea, owntracks, teltonika
 from devices.records import GpsFix, fixes_to_array
-from ingest.batch import Batch, DeadLetter, Drained
+from geo.fences import FenceSet
+from geo.transitions import TransitionTracker
+from ingest.batch import Batch, DeadLetter, Drained, FixFrame
 from ingest.cargo import CargoTracker
 from ingest.mqtt import AckToken, BrokerAddress, MqttSource
 from ingest.passes import Passes, PassTracker, Reads
@@ -72,6 +75,9 @@ TABLE_DECODERS: dict[str, Callable[[str, bytes], tuple[Any, ...]]] = {
     "sensor": _sensor_row,
 }
 TABLE_INSERTS: dict[str, str] = {
+    "geofence": "INSERT INTO geofence_event (time, vehicle_id, stop_id, kind, dwell_s)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+    "at_stop": "UPDATE vehicle_latest SET stop_id = %s WHERE vehicle_id = %s",
     "pass": "INSERT INTO gate_pass (time, gate_id, epc, last_seen, direction, reads, peak_rssi,"
             " epc_urn, confidence, sequence) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT DO NOTHING",
@@ -147,6 +153,8 @@ class Ingest:
         self._owntracks = Registry(pool, "owntracks_id")
         self.gates = GateSupervisor(pool, self.on_gate_chunk)
         self.passes = PassTracker({})
+        self.transitions = TransitionTracker(FenceSet.empty())
+        self._stops_key: object = None
         self.cargo = CargoTracker()
         self._pool = pool
         self._roles: dict[tuple[str, int], str] = {}
@@ -275,6 +283,7 @@ class Ingest:
             drained = await self._closed.get()
             self._passes_into(drained)
             result = run_stages(drained.fixes)
+            self._transitions_into(drained, result.frame)
             dead = drained.dead + result.rejected
             delay = 0.5
             failed_at: float | None = None
@@ -308,6 +317,45 @@ class Ingest:
             s.flushes += 1
             s.flush_s_total += dt
             s.flush_s_max = max(s.flush_s_max, dt)
+
+    def _transitions_into(self, drained: Drained, frame: FixFrame) -> None:
+        """Geofence enter / dwell / exit from the batch's valid fixes, in event time."""
+        if not len(frame) or not len(self.transitions.fences):
+            return
+        f = frame.fix
+        events = self.transitions.update(frame.vehicle, frame.vehicles, f["ts_us"],
+                                         f["lon_deg"], f["lat_deg"])  # fmt: skip
+        rows = drained.rows.setdefault("geofence", [])
+        for i in range(len(events)):
+            dwell = float(events.dwell_s[i])
+            rows.append((us_to_datetime(int(events.ts_us[i])), str(events.vehicle_id[i]),
+                         str(events.stop_id[i]), str(events.kind[i]),
+                         None if math.isnan(dwell) else dwell))  # fmt: skip
+        inside = self.transitions.inside()
+        drained.rows.setdefault("at_stop", []).extend(
+            (inside.get(v), v) for v in frame.vehicles)
+
+    async def run_fences(self) -> None:
+        """Load the stops' geofences, and again whenever the manifest changes them."""
+        while True:
+            try:
+                async with self._pool.connection() as conn:
+                    cur = await conn.execute(
+                        "SELECT stop_id, kind, geofence, radius_m FROM stop ORDER BY stop_id")
+                    rows = await cur.fetchall()
+                key = tuple((r[0], r[1], orjson.dumps(r[2]), r[3]) for r in rows)
+                if key != self._stops_key:
+                    columns: list[tuple[Any, ...]] = (list(zip(*rows, strict=True)) if rows
+                                                      else [(), (), (), ()])
+                    fences = FenceSet.from_stops(*columns)
+                    self.transitions.set_fences(fences)
+                    self._stops_key = key
+                    log.info("geofences: %d stops", len(fences))
+            except psycopg.OperationalError as exc:
+                log.debug("cannot read the stops (%s); keeping the fences", exc)
+            except ValueError as exc:
+                log.warning("stops not usable as geofences (%s); keeping the previous ones", exc)
+            await asyncio.sleep(5.0)
 
     def _sync_roles(self) -> None:
         roles = {(gid, ant): role for gid, r in self.gates.readers.items()
@@ -377,6 +425,7 @@ class Ingest:
             tg.create_task(self.run_stats(), name="stats")
             tg.create_task(self.gates.run(), name="gates")
             tg.create_task(self.run_passes(), name="passes")
+            tg.create_task(self.run_fences(), name="fences")
 
 
 async def serve(settings: Settings, mqtt_credentials: tuple[str, str] | None) -> None:

@@ -80,22 +80,23 @@ async def list_vehicles(
     box = _bbox(bbox)
     where, params = "", ()
     if box:
-        where = " WHERE lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s"
+        where = " WHERE v.lon BETWEEN %s AND %s AND v.lat BETWEEN %s AND %s"
         params = (box[0], box[2], box[1], box[3])  # type: ignore[assignment]
     async with p.connection() as conn:
         cur = await conn.execute(
-            "SELECT vehicle_id, time, lon, lat, speed_mps, heading_deg, acc_m, motion, stop_id,"
-            " extract(epoch FROM now() - time) FROM vehicle_latest" + where
-            + " ORDER BY vehicle_id",
+            "SELECT v.vehicle_id, v.time, v.lon, v.lat, v.speed_mps, v.heading_deg, v.acc_m,"
+            " s.kind, v.stop_id, extract(epoch FROM now() - v.time) FROM vehicle_latest v"
+            " LEFT JOIN stop s ON s.stop_id = v.stop_id" + where + " ORDER BY v.vehicle_id",
             params,
         )
         rows = await cur.fetchall()
     out = []
-    for vid, t, lon, lat, speed, heading, acc, motion, stop_id, age in rows:
+    for vid, t, lon, lat, speed, heading, acc, stop_kind, stop_id, age in rows:
         age = float(age)
-        if motion is None:
-            motion = ("silent" if age > SILENT_AFTER_S
-                      else "driving" if (speed or 0.0) >= MOVING_MPS else "stopped")  # fmt: skip
+        motion = ("silent" if age > SILENT_AFTER_S
+                  else "at_hub" if stop_kind in ("hub", "dock")
+                  else "at_stop" if stop_kind == "delivery"
+                  else "driving" if (speed or 0.0) >= MOVING_MPS else "stopped")  # fmt: skip
         out.append(Vehicle(vehicle_id=vid, time=t, lon=lon, lat=lat, speed_mps=speed,
                            heading_deg=heading, acc_m=acc, motion=motion, stop_id=stop_id,
                            age_s=round(age, 3)))  # fmt: skip
