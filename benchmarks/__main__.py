@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   baseline ({r['baseline']}): {r['baseline_median']:.4g} {r['unit']}\n"
                   f"   milepost ({r['subject']}): {r['subject_median']:.4g} {r['unit']}\n"
                   f"   ratio: {r['ratio']:.3f} ({r['meaning']})", file=sys.stderr)  # fmt: skip
+            if "target" in r:
+                print(f"   {r['target']}: {r['core_share_at_2000_reads_s']:.3f}"
+                      f" {'PASS' if r['pass'] else 'MISS'}", file=sys.stderr)  # fmt: skip
     finally:
         try:
             db.drop()

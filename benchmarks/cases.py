@@ -18,6 +18,7 @@ import numpy as np
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from benchmarks.gates import gate_decode_vs_split
 from devices.records import GPS_FIX_DTYPE
 from ingest.batch import FixFrame
 from ingest.stages import EARLIEST_US, MAX_AHEAD_US, validate
@@ -196,6 +197,7 @@ def validate_vs_python(rows: int, rounds: int, **_: Any) -> dict[str, Any]:
 
 
 CASES: dict[str, Callable[..., dict[str, Any]]] = {
+    "gate_decode_vs_split": gate_decode_vs_split,
     "writer_vs_raw_copy": writer_vs_raw_copy,
     "encoder_vs_psycopg_rows": encoder_vs_psycopg_rows,
     "validate_vs_python": validate_vs_python,
