@@ -172,7 +172,10 @@ class Ingest:
         received = now_us()
         was_empty = self._batch.messages == 0
         try:
-            await self._with_db_retry(self._route, topic, payload, received, token)
+            try:
+                await self._route(topic, payload, received, token)
+            except psycopg.OperationalError:  # a registry lookup met a database outage
+                await self._with_db_retry(self._route, topic, payload, received, token)
         except DecodeError as exc:
             self._batch.add_dead(DeadLetter(received, topic, payload, str(exc)), token)
         if self._batch.due():
@@ -201,6 +204,11 @@ class Ingest:
 
     async def _route(self, topic: str, payload: bytes, received: int, token: AckToken) -> None:
         """Decode one message into the open batch (DecodeError: the caller dead-letters it)."""
+        if topic.endswith("/gps") and topic.startswith("fleet/"):  # the common case, first
+            vehicle, _ = vehicle_from_topic(topic)
+            fixes = gps_json.decode(payload)
+            self._batch.add_fixes(vehicle, fixes_to_array(fixes), received, token)
+            return
         kind = topic.rsplit("/", 1)[-1]
         if topic.startswith("fleet/") and kind == "cargo":
             vehicle, _ = vehicle_from_topic(topic)
