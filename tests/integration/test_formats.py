@@ -69,7 +69,7 @@ def test_owntracks_through_the_registry(
 ) -> None:
     vid, user = f"OT-{tag()}", f"user{tag().lower()}"
     password = cli("devices", "add", vid, "--owntracks", f"{user}/phone")
-    time.sleep(0.3)
+    time.sleep(1.0)  # the broker reloads its password and ACL files on SIGHUP, asynchronously
     # READERS.md 5.2, the real example; and an iOS one with vel/cog -1 (unknown)
     real = (b'{"tst":1440403798,"acc":5,"_type":"location","alt":166,'
             b'"lon":12.71026164294473,"vac":6,"vel":35,"lat":51.26004282389884,"cog":118,'
@@ -90,7 +90,7 @@ def test_owntracks_through_the_registry(
     # an OwnTracks device nobody registered: dead letter, with what to do
     other = f"OT-{tag()}"
     pw_other = cli("devices", "add", other, "--owntracks", f"ghost{tag().lower()}/pad")
-    time.sleep(0.3)
+    time.sleep(1.0)  # the broker reloads its password and ACL files on SIGHUP, asynchronously
     assert pub(other, pw_other, f"owntracks/{user}/phone", [real]).returncode == 0  # ACL: refused
     ghost = f"ghost{tag().lower()}"
     subprocess.run(["mosquitto_pub", *BROKER, "-u", vid, "-P", password, "-q", "1", "-t",
@@ -111,7 +111,7 @@ def test_unregistered_owntracks_device_is_a_dead_letter_with_advice(
     password = cli("devices", "add", vid)
     device = f"nobody{tag().lower()}/phone"
     stack.add_broker_acl(STATE_DIR, vid, [f"owntracks/{device}/#"])
-    time.sleep(0.3)
+    time.sleep(1.0)  # the broker reloads its password and ACL files on SIGHUP, asynchronously
     pub_raw(vid, password, f"owntracks/{device}",
             b'{"_type":"location","tst":1440403798,"lat":51.2,"lon":12.7}')  # fmt: skip
     wait_until(lambda: count(db, "SELECT count(*) FROM dead_letter WHERE source = %s",
@@ -126,7 +126,7 @@ def test_teltonika_binary_packet(
 ) -> None:
     vid = f"TT-{tag()}"
     password = cli("devices", "add", vid)
-    time.sleep(0.3)
+    time.sleep(1.0)  # the broker reloads its password and ACL files on SIGHUP, asynchronously
     pub_raw(vid, password, f"fleet/{vid}/teltonika", bytes.fromhex(C8_THREE))
     corrupt = bytearray.fromhex(C8_THREE)
     corrupt[-1] ^= 0xFF
@@ -187,7 +187,7 @@ def test_cargo_and_sensor_messages(
 ) -> None:
     vid = f"CG-{tag()}"
     password = cli("devices", "add", vid)
-    time.sleep(0.3)
+    time.sleep(1.0)  # the broker reloads its password and ACL files on SIGHUP, asynchronously
     scan = {"ts": "2026-11-24T08:00:00Z",
             "epcs": ["3074257bf7194e4000001a85", "3154257BF4499602D2000000"]}  # fmt: skip
     for _ in range(2):  # a redelivery stores nothing twice
