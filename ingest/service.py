@@ -206,8 +206,7 @@ class Ingest:
         """Decode one message into the open batch (DecodeError: the caller dead-letters it)."""
         if topic.endswith("/gps") and topic.startswith("fleet/"):  # the common case, first
             vehicle, _ = vehicle_from_topic(topic)
-            fixes = gps_json.decode(payload)
-            self._batch.add_fixes(vehicle, fixes_to_array(fixes), received, token)
+            self._batch.add_fixes(vehicle, gps_json.decode_array(payload), received, token)
             return
         kind = topic.rsplit("/", 1)[-1]
         if topic.startswith("fleet/") and kind == "cargo":

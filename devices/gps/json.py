@@ -11,10 +11,12 @@ import math
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import orjson
+from numpy.typing import NDArray
 
 from devices.errors import DecodeError, FieldError
-from devices.records import US_PER_S, GpsFix
+from devices.records import GPS_FIX_DTYPE, US_PER_S, GpsFix
 
 _MAX_FIXES = 100_000
 _TS_MAX_S = 4_102_444_800  # 2100-01-01: keeps microseconds well inside int64
@@ -62,24 +64,27 @@ def parse_ts_us(value: Any) -> int:
     raise FieldError(f"'ts' must be a string or a number, got {type(value).__name__}")
 
 
-def _fix(obj: Any) -> GpsFix:
+def _row(obj: Any) -> tuple[int, float, float, float, float, float, float, int, float, int]:
+    """One fix as a row of GPS_FIX_DTYPE (field order of the dtype)."""
     if not isinstance(obj, dict):
         raise FieldError(f"a fix must be a JSON object, got {type(obj).__name__}")
-    return GpsFix(
-        ts_us=parse_ts_us(obj.get("ts")),
-        lon_deg=_number(obj, "lon", required=True),
-        lat_deg=_number(obj, "lat", required=True),
-        speed_mps=_number(obj, "speed"),
-        heading_deg=_number(obj, "heading"),
-        acc_m=_number(obj, "acc"),
-        alt_m=_number(obj, "alt"),
-        sats=_integer(obj, "sats"),
-        seq=_integer(obj, "seq"),
+    return (
+        parse_ts_us(obj.get("ts")),
+        _number(obj, "lon", required=True),
+        _number(obj, "lat", required=True),
+        _number(obj, "speed"),
+        _number(obj, "heading"),
+        _number(obj, "acc"),
+        _number(obj, "alt"),
+        _integer(obj, "sats"),
+        math.nan,  # hdop: not in our JSON
+        _integer(obj, "seq"),
     )
 
 
-def decode(payload: bytes) -> list[GpsFix]:
-    """Decode one JSON fix or an array of fixes; any malformed element fails the payload."""
+def decode_array(payload: bytes) -> NDArray[Any]:
+    """Decode one JSON fix or an array of fixes straight into a GPS_FIX_DTYPE array
+    (the ingest path: no GpsFix objects). Any malformed element fails the payload."""
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -87,13 +92,36 @@ def decode(payload: bytes) -> list[GpsFix]:
     items = doc if isinstance(doc, list) else [doc]
     if len(items) > _MAX_FIXES:
         raise FieldError(f"too many fixes in one payload ({len(items)} > {_MAX_FIXES})")
+    try:
+        rows = [_row(item) for item in items]
+    except DecodeError as exc:
+        if len(items) == 1:
+            raise
+        bad = next(i for i, item in enumerate(items) if not _valid(item))
+        raise type(exc)(f"fix {bad}: {exc}") from exc
+    return np.array(rows, dtype=GPS_FIX_DTYPE)
+
+
+def _valid(item: Any) -> bool:
+    try:
+        _row(item)
+    except DecodeError:
+        return False
+    return True
+
+
+def decode(payload: bytes) -> list[GpsFix]:
+    """Decode one JSON fix or an array of fixes; any malformed element fails the payload."""
     fixes = []
-    for i, item in enumerate(items):
-        try:
-            fixes.append(_fix(item))
-        except DecodeError as exc:
-            raise type(exc)(f"fix {i}: {exc}" if len(items) > 1 else str(exc)) from exc
+    for ts, lon, lat, speed, heading, acc, alt, sats, hdop, seq in decode_array(payload).tolist():
+        fixes.append(GpsFix(int(ts), lon, lat, _nan(speed), _nan(heading), _nan(acc), _nan(alt),
+                            int(sats), _nan(hdop), int(seq)))  # fmt: skip
     return fixes
+
+
+def _nan(x: float) -> float:
+    """math.nan itself for a missing value, as GpsFix's defaults (NaN != NaN otherwise)."""
+    return math.nan if x != x else float(x)
 
 
 def _fix_object(f: GpsFix) -> dict[str, Any]:
