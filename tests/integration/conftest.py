@@ -3,6 +3,7 @@ and real ``milepost ingest`` / ``milepost api`` processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -36,16 +37,25 @@ def local_stack() -> stack.StackInfo:
     return stack.up(STATE_DIR, progress=lambda _msg: None)
 
 
-@pytest.fixture(scope="session")
-def database_url(local_stack: stack.StackInfo) -> Iterator[str]:
-    name = f"milepost_test_{secrets.token_hex(4)}"
+@contextlib.contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A new, migrated database on the local stack, dropped afterwards; yields its URL."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://milepost@127.0.0.1:55432/{name}"
+    url = f"postgresql://milepost@127.0.0.1:{stack.PG_PORT}/{name}"
     migrate(url)
-    yield url
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield url
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_url(local_stack: stack.StackInfo) -> Iterator[str]:
+    with scratch_database("milepost_test") as url:
+        yield url
 
 
 @pytest.fixture()

@@ -31,8 +31,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest.serial import RELOAD_S
 from milepost import stack
-from milepost.db import migrate
-from tests.integration.conftest import ADMIN_URL, STATE_DIR, Proc, forget_session, wait_until
+from tests.integration.conftest import (
+    STATE_DIR,
+    Proc,
+    forget_session,
+    scratch_database,
+    wait_until,
+)
 
 RECEIVE_MAXIMUM = 1000  # unacknowledged messages ingest lets the broker have in flight to it
 T0_US = 1_790_000_000_000_000  # 2026-09-21: fix seq k is at T0 + k seconds
@@ -172,14 +177,8 @@ def log_warnings(proc: Proc) -> list[str]:
 @pytest.fixture(scope="module")
 def fault_db(local_stack: stack.StackInfo) -> Iterator[str]:
     """A database that only this module's ingest processes write to."""
-    name = f"milepost_faults_{secrets.token_hex(4)}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://milepost@127.0.0.1:{stack.PG_PORT}/{name}"
-    migrate(url)
-    yield url
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database("milepost_faults") as url:
+        yield url
 
 
 @pytest.fixture()
