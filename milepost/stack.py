@@ -1040,17 +1040,22 @@ def _psql(paths: _Paths, major: int, database: str, *commands: str) -> str:
     return _run(args, what=f"psql ({database})", env=_pg_env())
 
 
+def _pg_ctl(paths: _Paths, major: int, action: str, *options: str) -> None:
+    """``pg_ctl ACTION`` on the cluster as its owner, waiting up to 60 s. Its log goes to
+    ``pg-log/startup.log``: with ``-l``, the postmaster does not inherit our pipes (without
+    it a start or restart never returns)."""
+    owner = pwd.getpwuid(paths.pg_data.stat().st_uid)
+    args = [str(_pg_bin(major) / "pg_ctl"), "-D", str(paths.pg_data), *options, "-w", "-t", "60"]
+    if action != "stop":
+        args += ["-l", str(paths.pg_log / "startup.log")]
+    _run(_as_user(owner, [*args, action]), what=f"pg_ctl {action}", env=_pg_env())
+
+
 def _stop_postgres(paths: _Paths) -> None:
     pg_pid = _postmaster_pid(paths)
     if pg_pid is not None:
         major = int((paths.pg_data / "PG_VERSION").read_text().strip())
-        owner = pwd.getpwuid(paths.pg_data.stat().st_uid)
-        pg_ctl = [str(_pg_bin(major) / "pg_ctl"), "-D", str(paths.pg_data)]
-        _run(
-            _as_user(owner, [*pg_ctl, "-m", "fast", "-w", "-t", "60", "stop"]),
-            what="pg_ctl stop",
-            env=_pg_env(),
-        )
+        _pg_ctl(paths, major, "stop", "-m", "fast")
         log.info("stopped PostgreSQL (pid %d)", pg_pid)
     paths.pg_pid.unlink(missing_ok=True)
 
@@ -1116,30 +1121,9 @@ def _ensure_postgres(paths: _Paths, major: int, progress: Callable[[str], None])
     )
 
     pid = _postmaster_pid(paths)
-    pg_ctl = str(bindir / "pg_ctl")
     if pid is not None and conf_changed:
         progress("PostgreSQL settings changed: restarting it…")
-        _run(
-            _as_user(
-                data_owner,
-                # -l: the postmaster must not inherit our pipes (or this call never returns)
-                [
-                    pg_ctl,
-                    "-D",
-                    str(paths.pg_data),
-                    "-l",
-                    str(paths.pg_log / "startup.log"),
-                    "-m",
-                    "fast",
-                    "-w",
-                    "-t",
-                    "60",
-                    "restart",
-                ],
-            ),
-            what="pg_ctl restart",
-            env=_pg_env(),
-        )
+        _pg_ctl(paths, major, "restart", "-m", "fast")
         pid = _postmaster_pid(paths)
     if pid is None:
         if _port_open(PG_PORT):
@@ -1149,24 +1133,7 @@ def _ensure_postgres(paths: _Paths, major: int, progress: Callable[[str], None])
         progress(f"starting PostgreSQL {major} on {HOST}:{PG_PORT}…")
         startup_log = paths.pg_log / "startup.log"
         try:
-            _run(
-                _as_user(
-                    data_owner,
-                    [
-                        pg_ctl,
-                        "-D",
-                        str(paths.pg_data),
-                        "-l",
-                        str(startup_log),
-                        "-w",
-                        "-t",
-                        "60",
-                        "start",
-                    ],
-                ),
-                what="pg_ctl start",
-                env=_pg_env(),
-            )
+            _pg_ctl(paths, major, "start")
         except StackError as exc:
             logs = sorted(paths.pg_log.glob("postgresql-*.log"), key=lambda p: p.stat().st_mtime)
             detail = _tail(logs[-1] if logs else startup_log)

@@ -20,7 +20,7 @@ import re
 
 from devices.errors import FieldError, FrameError
 from devices.records import ReaderStatus, TagRead
-from devices.rfid.framing import GarbageLog
+from devices.rfid.framing import BufferedFramer
 
 Record = TagRead | ReaderStatus
 
@@ -32,7 +32,7 @@ _ANTENNA = re.compile(r"[0-9]{1,3}")
 _RSSI = re.compile(r"[+-]?[0-9]{1,3}(?:\.[0-9]*)?(?:[eE][+-]?[0-9]{1,3})?")
 
 
-class Framer:
+class Framer(BufferedFramer):
     """Lines out of a byte stream (see :mod:`devices.rfid.framing` for the API).
 
     A line longer than ``max_line`` bytes is discarded as garbage up to and including
@@ -40,21 +40,9 @@ class Framer:
     """
 
     def __init__(self, max_line: int = MAX_LINE) -> None:
-        self._buf = bytearray()
-        self._garbage = GarbageLog()
+        super().__init__()
         self._max = max_line
         self._skipping = False  # inside an over-long line
-
-    @property
-    def discarded(self) -> int:
-        return self._garbage.discarded
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
-
-    def drain_garbage(self) -> list[bytes]:
-        return self._garbage.drain()
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buf += data

@@ -59,14 +59,8 @@ class GarbageLog:
         return runs
 
 
-class SizedFrameScanner:
-    """Scan loop for frames whose size the header gives and a CRC confirms.
-
-    Subclasses implement :meth:`frame_size`. Where it says "no", one byte is dropped and
-    the scan goes on from the next; where it says "not known yet", the framer waits for
-    more bytes. Decisions are taken only on complete candidates, so the frames found do
-    not depend on how the stream was split into ``feed`` calls.
-    """
+class BufferedFramer:
+    """The buffer and garbage accounting every framer has; subclasses add ``feed``/``flush``."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -82,6 +76,16 @@ class SizedFrameScanner:
 
     def drain_garbage(self) -> list[bytes]:
         return self._garbage.drain()
+
+
+class SizedFrameScanner(BufferedFramer):
+    """Scan loop for frames whose size the header gives and a CRC confirms.
+
+    Subclasses implement :meth:`frame_size`. Where it says "no", one byte is dropped and
+    the scan goes on from the next; where it says "not known yet", the framer waits for
+    more bytes. Decisions are taken only on complete candidates, so the frames found do
+    not depend on how the stream was split into ``feed`` calls.
+    """
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buf += data
