@@ -470,11 +470,14 @@ class PassTracker:
         t = np.concatenate([c.first_us - self.gap_us, ts])
         is_read = np.arange(n_c + len(ts)) >= n_c
         order = np.lexsort((is_read, t, e, g))
-        # for each read, the remembered window of its key that starts last at or before it
-        # (windows of one key never nest, so that is the only one that can hold it)
-        window = np.maximum.accumulate(np.where(is_read[order], -1, order))
-        pos = np.flatnonzero(is_read[order])
-        w, r = window[pos], order[pos]
+        # for each read, the remembered window that starts last at or before it in the
+        # sorted order (positions, not indices: the remembered windows are in no order);
+        # if it is of the read's key, it is the only one that can hold it (windows of one
+        # key never nest)
+        sorted_read = is_read[order]
+        before = np.maximum.accumulate(np.where(sorted_read, -1, np.arange(len(order))))
+        pos = np.flatnonzero(sorted_read)
+        w, r = np.where(before[pos] >= 0, order[np.maximum(before[pos], 0)], -1), order[pos]
         wc = np.maximum(w, 0)
         late[r - n_c] = (w >= 0) & (g[wc] == g[r]) & (e[wc] == e[r]) & (t[r] <= end[wc])
         return late
