@@ -21,11 +21,12 @@ own where none does (DESIGN.md, "Parcel lifecycle"). The rules, by evidence:
 - **Unmatched outbound pass** (no van at the dock, or two): ``Exception_UNBOUND`` with
   the reason, unless the parcel is bound or out already.
 - **The van leaves its hub** (EXIT of a ``hub`` stop): every parcel bound to it is *out*;
-  those ``InTransit`` (or back from an ``AttemptFail``) become ``OutForDelivery_001``;
-  a mis-load stays an exception. Parcels *planned* for the van (its route serves their
-  stop) but bound to no van: ``Exception_LEFT_BEHIND`` if the hub had RFID evidence of
-  them (read at the hub: ``InTransit`` or ``Exception_UNBOUND``) or the van had any parcel
-  bound by RFID; otherwise (no RFID at this hub) they go out with the van by plan:
+  those ``InTransit``, back from an ``AttemptFail``, or flagged late, cold or left
+  behind become ``OutForDelivery_001``; a mis-load stays an exception. Parcels *planned*
+  for the van (its route serves their stop) but bound to no van:
+  ``Exception_LEFT_BEHIND`` if the hub had RFID evidence of them (read at the hub:
+  ``InTransit`` or ``Exception_UNBOUND``) or the van had any parcel bound by RFID;
+  otherwise (no RFID at this hub) they go out with the van by plan:
   bound with confidence 0.3 and evidence ``plan``, ``OutForDelivery_001``.
 - **Cargo removal** (a tag leaves the van's debounced inventory; its time is the first
   inventory that missed it) of a parcel bound to the van: at the parcel's own stop:
@@ -292,7 +293,7 @@ class ParcelBook:
         mine = self.vehicle == v
         self.out[mine] = True
         go = mine & (np.isin(self.status, (TRANSIT, ATTEMPT))
-                     | ((self.status == EXCEPTION) & self._sub_is(LEFT_BEHIND, UNBOUND)))
+                     | ((self.status == EXCEPTION) & ~self._sub_is(MISLOAD, WRONG_DROP)))
         idx = np.flatnonzero(go)
         self._emit(ev, idx, np.full(len(idx), ts_us), OUT, OUT_FOR_DELIVERY,
                    {"evidence": "hub_exit"})

@@ -77,6 +77,8 @@ class Drained:
     messages: int
     reads: ReadFrame = field(default_factory=ReadFrame.empty)
     rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    # typed evidence for the parcel stage (cargo changes, proofs, sensor readings, passes)
+    evidence: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -95,6 +97,7 @@ class Batch:
     _read_epcs: list[str] = field(default_factory=list)
     _gate_code: dict[str, int] = field(default_factory=dict)
     _table_rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    _evidence: dict[str, list[Any]] = field(default_factory=dict)
     rows: int = 0
     messages: int = 0
     _opened: float = 0.0
@@ -136,6 +139,14 @@ class Batch:
         if token is not None:
             self._tokens.append(token)
 
+    def add_evidence(self, kind: str, item: Any, token: Any = None) -> None:
+        """Append one item of evidence for the parcel stage (it has no table of its own)."""
+        self._touch()
+        self._evidence.setdefault(kind, []).append(item)
+        self.rows += 1
+        if token is not None:
+            self._tokens.append(token)
+
     def add_dead(self, dead: DeadLetter, token: Any = None) -> None:
         self._touch()
         self._dead.append(dead)
@@ -168,8 +179,8 @@ class Batch:
         else:
             frame = FixFrame.empty()
         out = Drained(frame, self._dead, self._tokens, self.messages, self._drain_reads(),
-                      self._table_rows)
-        self._table_rows = {}
+                      self._table_rows, self._evidence)
+        self._table_rows, self._evidence = {}, {}
         self._parts, self._codes, self._received = [], [], []
         self._vehicle_code, self._dead, self._tokens = {}, [], []
         self.rows = self.messages = 0

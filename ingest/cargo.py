@@ -2,7 +2,9 @@
 
 A UHF reader misses a tag now and then (an orientation, a body in the way). A tag that
 is aboard is reported "removed" only after it is missing from ``MISSES_TO_REMOVE``
-consecutive inventories; a tag is "added" the first time it is seen. Inventories are
+consecutive inventories, and stamped with the first of them (when it was first missed:
+at a stop, the moment the parcel was taken out); a tag is "added" the first time it is
+seen. Inventories are
 taken in event-time order per van; an inventory older than the newest one seen is
 stored but changes nothing (it is late news).
 """
@@ -18,7 +20,7 @@ MISSES_TO_REMOVE = 2
 class _Van:
     last_us: int = -1
     aboard: set[str] = field(default_factory=set)
-    misses: dict[str, int] = field(default_factory=dict)
+    misses: dict[str, tuple[int, int]] = field(default_factory=dict)  # epc -> (count, first_us)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,7 @@ class CargoChange:
     removed: tuple[str, ...]
     aboard: tuple[str, ...]
     late: bool = False
+    removed_since_us: tuple[int, ...] = ()  # per removed tag: the first inventory that missed it
 
 
 class CargoTracker:
@@ -50,12 +53,15 @@ class CargoTracker:
         van.aboard |= seen
         for epc in seen:
             van.misses.pop(epc, None)
-        removed = set()
+        removed: dict[str, int] = {}
         for epc in van.aboard - seen:
-            van.misses[epc] = van.misses.get(epc, 0) + 1
-            if van.misses[epc] >= self._misses_to_remove:
-                removed.add(epc)
-        van.aboard -= removed
+            count, first = van.misses.get(epc, (0, ts_us))
+            van.misses[epc] = (count + 1, first)
+            if count + 1 >= self._misses_to_remove:
+                removed[epc] = first
+        van.aboard -= removed.keys()
         for epc in removed:
             del van.misses[epc]
-        return CargoChange(tuple(sorted(added)), tuple(sorted(removed)), tuple(sorted(van.aboard)))
+        gone = tuple(sorted(removed))
+        return CargoChange(tuple(sorted(added)), gone, tuple(sorted(van.aboard)),
+                           removed_since_us=tuple(removed[e] for e in gone))

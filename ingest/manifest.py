@@ -16,7 +16,14 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from shapely.geometry import Polygon
 
 HEX_EPC = r"^(?:[0-9A-Fa-f]{2}){2,62}$"
@@ -96,6 +103,9 @@ class Parcel(_Model):
     epc: Annotated[str, Field(pattern=HEX_EPC)] | None = None
     stop_id: str
     promised_by: datetime | None = None
+    # cold chain: the range the parcel must stay in while aboard (either end optional)
+    temp_min_c: Annotated[float, Field(ge=-100, le=100)] | None = None
+    temp_max_c: Annotated[float, Field(ge=-100, le=100)] | None = None
 
     @field_validator("promised_by")
     @classmethod
@@ -103,6 +113,13 @@ class Parcel(_Model):
         if t is not None and t.tzinfo is None:
             raise ValueError("needs a UTC offset (RFC 3339)")
         return t
+
+    @model_validator(mode="after")
+    def _range(self) -> Parcel:
+        lo, hi = self.temp_min_c, self.temp_max_c
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"temp_min_c ({lo}) is above temp_max_c ({hi})")
+        return self
 
 
 class Route(_Model):
@@ -243,10 +260,13 @@ def statements(m: Manifest) -> list[Statement]:
         ))  # fmt: skip
     for p in m.parcels:
         out.append((
-            "INSERT INTO parcel (tracking_number, epc, stop_id, promised_by)"
-            " VALUES (%s, %s, %s, %s) ON CONFLICT (tracking_number) DO UPDATE SET"
-            " epc = excluded.epc, stop_id = excluded.stop_id, promised_by = excluded.promised_by",
-            (p.tracking_number, p.epc.upper() if p.epc else None, p.stop_id, p.promised_by),
+            "INSERT INTO parcel (tracking_number, epc, stop_id, promised_by, temp_min_c,"
+            " temp_max_c) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tracking_number)"
+            " DO UPDATE SET epc = excluded.epc, stop_id = excluded.stop_id,"
+            " promised_by = excluded.promised_by, temp_min_c = excluded.temp_min_c,"
+            " temp_max_c = excluded.temp_max_c",
+            (p.tracking_number, p.epc.upper() if p.epc else None, p.stop_id, p.promised_by,
+             p.temp_min_c, p.temp_max_c),
         ))  # fmt: skip
         out.append((
             "INSERT INTO parcel_latest (tracking_number, time, status, stop_id)"

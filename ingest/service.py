@@ -23,12 +23,13 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import psycopg
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from devices import fleet
@@ -38,10 +39,17 @@ from devices.gps import json as gps_json
 from devices.gps import nmea, owntracks, teltonika
 from devices.records import GpsFix, fixes_to_array
 from geo.fences import FenceSet
-from geo.transitions import TransitionTracker
+from geo.transitions import Events, TransitionTracker
 from ingest.batch import Batch, DeadLetter, Drained, FixFrame
 from ingest.cargo import CargoTracker
 from ingest.mqtt import AckToken, BrokerAddress, MqttSource
+from ingest.parcels import (
+    CargoEvidence,
+    ParcelStage,
+    PodEvidence,
+    SensorEvidence,
+    load_plan,
+)
 from ingest.passes import Passes, PassTracker, Reads
 from ingest.registry import Registry
 from ingest.serial import GateChunk, GateSupervisor
@@ -64,31 +72,44 @@ FLEET_DECODERS: dict[str, Callable[[bytes], list[GpsFix]]] = {
 
 
 
-def _sensor_row(vehicle: str, payload: bytes) -> tuple[Any, ...]:
-    r = fleet.decode_sensor(payload)
-    return (us_to_datetime(r.ts_us), vehicle, None if math.isnan(r.temp_c) else r.temp_c,
-            None if math.isnan(r.humidity) else r.humidity)  # fmt: skip
-
-
-# fleet/{vehicle_id}/{kind} -> one row of a small table; kind -> (row maker, INSERT)
-TABLE_DECODERS: dict[str, Callable[[str, bytes], tuple[Any, ...]]] = {
-    "sensor": _sensor_row,
-}
 TABLE_INSERTS: dict[str, str] = {
     "geofence": "INSERT INTO geofence_event (time, vehicle_id, stop_id, kind, dwell_s)"
                 " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
     "at_stop": "UPDATE vehicle_latest SET stop_id = %s WHERE vehicle_id = %s",
     "pass": "INSERT INTO gate_pass (time, gate_id, epc, last_seen, direction, reads, peak_rssi,"
-            " epc_urn, confidence, sequence) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT DO NOTHING",
+            " epc_urn, confidence, sequence, vehicle_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
     "cargo": "INSERT INTO cargo_scan (time, vehicle_id, epcs, added, removed, aboard)"
              " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
     "sensor": "INSERT INTO sensor_reading (time, vehicle_id, temp_c, humidity)"
               " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+    "parcel_event": "INSERT INTO parcel_event (time, event_id, tracking_number, status,"
+                    " sub_status, vehicle_id, stop_id, lon, lat, detail)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+    # the book is the one authority on a parcel's state: its newest state wins
+    "parcel_latest": "INSERT INTO parcel_latest AS l (tracking_number, time, status, sub_status,"
+                     " vehicle_id, confidence) VALUES (%s, %s, %s, %s, %s, %s)"
+                     " ON CONFLICT (tracking_number) DO UPDATE SET time = excluded.time,"
+                     " status = excluded.status, sub_status = excluded.sub_status,"
+                     " vehicle_id = excluded.vehicle_id, confidence = excluded.confidence,"
+                     " updated_at = now()",
+    "eta_snapshot": "INSERT INTO eta_snapshot (time, tracking_number, eta, eta_earliest,"
+                    " eta_latest, confidence) SELECT * FROM unnest(%s::timestamptz[],"
+                    " %s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],"
+                    " %s::float8[])",
+    "eta_latest": "UPDATE parcel_latest AS l SET eta = u.eta, eta_earliest = u.lo,"
+                  " eta_latest = u.hi, eta_confidence = u.c, updated_at = now()"
+                  " FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[],"
+                  " %s::timestamptz[], %s::float8[]) AS u (tn, eta, lo, hi, c)"
+                  " WHERE l.tracking_number = u.tn",
 }  # fmt: skip
-TOPICS = (*(f"fleet/+/{kind}" for kind in (*FLEET_DECODERS, *TABLE_DECODERS, "cargo")),
+TOPICS = (*(f"fleet/+/{kind}" for kind in (*FLEET_DECODERS, "sensor", "cargo", "pod")),
           "owntracks/+/+")  # fmt: skip
 _VEHICLE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def _num(x: float) -> float | None:
+    return None if math.isnan(x) else x
 
 
 def now_us() -> int:
@@ -106,6 +127,7 @@ class Stats:
     flush_s_max: float = 0.0
     db_errors: int = 0
     reads: int = 0
+    parcel_events: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -120,8 +142,9 @@ def vehicle_from_topic(topic: str) -> tuple[str, str]:
     return vehicle, parts[2]
 
 
-def pass_rows(p: Passes) -> list[tuple[Any, ...]]:
-    """gate_pass rows, with each EPC decoded to its GS1 pure identity where it has one."""
+def pass_rows(p: Passes, vehicles: Sequence[str | None] = ()) -> list[tuple[Any, ...]]:
+    """gate_pass rows, with each EPC decoded to its GS1 pure identity where it has one, and
+    the van each pass was bound to (``vehicles``, one per pass, when known)."""
     rows = []
     for i in range(len(p)):
         epc = str(p.epc[i])
@@ -130,7 +153,7 @@ def pass_rows(p: Passes) -> list[tuple[Any, ...]]:
             us_to_datetime(int(p.first_us[i])), str(p.gate_id[i]), epc,
             us_to_datetime(int(p.last_us[i])), str(p.direction[i]), int(p.reads[i]),
             None if math.isnan(peak) else peak, decode_epc(epc).pure_identity_urn,
-            float(p.confidence[i]), str(p.sequence[i]),
+            float(p.confidence[i]), str(p.sequence[i]), vehicles[i] if vehicles else None,
         ))  # fmt: skip
     return rows
 
@@ -156,6 +179,8 @@ class Ingest:
         self.transitions = TransitionTracker(FenceSet.empty())
         self._stops_key: object = None
         self.cargo = CargoTracker()
+        self.parcels = ParcelStage()
+        self._plan_ready = asyncio.Event()
         self._pool = pool
         self._roles: dict[tuple[str, int], str] = {}
         self._health: dict[tuple[str, int], str] = {}
@@ -212,9 +237,21 @@ class Ingest:
         if topic.startswith("fleet/") and kind == "cargo":
             vehicle, _ = vehicle_from_topic(topic)
             self._batch.add_row("cargo", await self._cargo_row(vehicle, payload), token)
-        elif topic.startswith("fleet/") and kind in TABLE_DECODERS:
+        elif topic.startswith("fleet/") and kind == "sensor":
             vehicle, _ = vehicle_from_topic(topic)
-            self._batch.add_row(kind, TABLE_DECODERS[kind](vehicle, payload), token)
+            r = fleet.decode_sensor(payload)
+            self._batch.add_row("sensor", (us_to_datetime(r.ts_us), vehicle, _num(r.temp_c),
+                                           _num(r.humidity)), token)  # fmt: skip
+            if not math.isnan(r.temp_c):
+                self._batch.add_evidence("sensor", SensorEvidence(vehicle, r.ts_us, r.temp_c))
+        elif topic.startswith("fleet/") and kind == "pod":
+            vehicle, _ = vehicle_from_topic(topic)
+            pod = fleet.decode_pod(payload)
+            if self.parcels.ready and self.parcels.book.parcel_of_tracking(
+                    pod.tracking_number) < 0:  # fmt: skip
+                raise DecodeError(f"proof of delivery for {pod.tracking_number!r}, which is no"
+                                  " parcel of the manifest")  # fmt: skip
+            self._batch.add_evidence("pod", PodEvidence(vehicle, pod), token)
         else:
             vehicle, fixes = await self._decode(topic, payload)
             self._batch.add_fixes(vehicle, fixes_to_array(fixes), received, token)
@@ -231,6 +268,9 @@ class Ingest:
                 self.cargo.seed(vehicle, datetime_to_us(row[0]), set(row[1]))
         change = self.cargo.update(vehicle, scan.ts_us, set(scan.epcs))
         late = change.late
+        if not late and (change.added or change.removed):
+            self._batch.add_evidence("cargo", CargoEvidence(
+                vehicle, scan.ts_us, change.added, change.removed, change.removed_since_us))
         return (us_to_datetime(scan.ts_us), vehicle, list(scan.epcs),
                 None if late else list(change.added), None if late else list(change.removed),
                 None if late else list(change.aboard))  # fmt: skip
@@ -286,11 +326,13 @@ class Ingest:
                 await self._close_batch()
 
     async def run_writer(self) -> None:
+        await self._plan_ready.wait()  # the parcel stage needs the plan before any evidence
         while True:
             drained = await self._closed.get()
-            self._passes_into(drained)
+            passes = self._passes_into(drained)
             result = run_stages(drained.fixes)
-            self._transitions_into(drained, result.frame)
+            events = self._transitions_into(drained, result.frame)
+            self._parcels_into(drained, result.frame, passes, events)
             dead = drained.dead + result.rejected
             delay = 0.5
             failed_at: float | None = None
@@ -325,10 +367,10 @@ class Ingest:
             s.flush_s_total += dt
             s.flush_s_max = max(s.flush_s_max, dt)
 
-    def _transitions_into(self, drained: Drained, frame: FixFrame) -> None:
+    def _transitions_into(self, drained: Drained, frame: FixFrame) -> Events:
         """Geofence enter / dwell / exit from the batch's valid fixes, in event time."""
         if not len(frame) or not len(self.transitions.fences):
-            return
+            return Events.empty()
         f = frame.fix
         events = self.transitions.update(frame.vehicle, frame.vehicles, f["ts_us"],
                                          f["lon_deg"], f["lat_deg"])  # fmt: skip
@@ -341,15 +383,44 @@ class Ingest:
         inside = self.transitions.inside()
         drained.rows.setdefault("at_stop", []).extend(
             (inside.get(v), v) for v in frame.vehicles)
+        return events
 
-    async def run_fences(self) -> None:
-        """Load the stops' geofences, and again whenever the manifest changes them."""
+    def _parcels_into(self, drained: Drained, frame: FixFrame, passes: Passes,
+                      events: Events) -> None:  # fmt: skip
+        """Bindings, parcel events and ETAs of the batch, written with it."""
+        ev = drained.evidence
+        out = self.parcels.process(frame, drained.reads, passes, events, ev.get("cargo", []),
+                                   ev.get("sensor", []), ev.get("pod", []))  # fmt: skip
+        drained.rows.setdefault("pass", []).extend(pass_rows(passes, out.pass_vehicle))
+        rows = drained.rows
+        rows["parcel_event"] = [
+            (us_to_datetime(r[0]), *r[1:9], Jsonb(r[9])) for r in out.event_rows]
+        rows["parcel_latest"] = [(r[0], us_to_datetime(r[1]), *r[2:]) for r in out.latest_rows]
+        if out.eta_rows:
+            cols = list(zip(*out.eta_rows, strict=True))
+            t, tn, eta, lo, hi, conf = cols
+            dt = [us_to_datetime(x) for x in t]
+            e, a, b = ([us_to_datetime(x) for x in c] for c in (eta, lo, hi))
+            rows["eta_snapshot"] = [(dt, list(tn), e, a, b, list(conf))]
+            rows["eta_latest"] = [(list(tn), e, a, b, list(conf))]
+        self.stats.parcel_events += len(out.event_rows)
+
+    async def run_plan(self) -> None:
+        """Load the manifest (stops' geofences, parcels, routes, gates, vans' tags), and
+        again whenever it changes; after a restart, the parcels' states from parcel_latest."""
         while True:
             try:
                 async with self._pool.connection() as conn:
                     cur = await conn.execute(
                         "SELECT stop_id, kind, geofence, radius_m FROM stop ORDER BY stop_id")
                     rows = await cur.fetchall()
+                    plan = await load_plan(conn)
+                    seed: list[tuple[str, str, str | None, str | None, int]] = []
+                    if not self._plan_ready.is_set():
+                        cur = await conn.execute(
+                            "SELECT tracking_number, status, sub_status, vehicle_id, time"
+                            " FROM parcel_latest")  # fmt: skip
+                        seed = [(*r[:4], datetime_to_us(r[4])) for r in await cur.fetchall()]
                 key = tuple((r[0], r[1], orjson.dumps(r[2]), r[3]) for r in rows)
                 if key != self._stops_key:
                     columns: list[tuple[Any, ...]] = (list(zip(*rows, strict=True)) if rows
@@ -358,8 +429,15 @@ class Ingest:
                     self.transitions.set_fences(fences)
                     self._stops_key = key
                     log.info("geofences: %d stops", len(fences))
+                if self.parcels.set_plan(plan, self.transitions.fences):
+                    log.info("plan: %d parcels, %d routes, %d gates",
+                             len(plan.parcels.tracking_number), len(plan.routes),
+                             len(plan.gate_dock))  # fmt: skip
+                if seed:
+                    self.parcels.seed(seed)
+                self._plan_ready.set()
             except psycopg.OperationalError as exc:
-                log.debug("cannot read the stops (%s); keeping the fences", exc)
+                log.debug("cannot read the manifest (%s); keeping the plan", exc)
             except ValueError as exc:
                 log.warning("stops not usable as geofences (%s); keeping the previous ones", exc)
             await asyncio.sleep(5.0)
@@ -371,16 +449,18 @@ class Ingest:
             self.passes.set_roles(roles)
             self._roles = roles
 
-    def _passes_into(self, drained: Drained) -> None:
-        """Group the batch's reads into passes; closed passes are written with the batch."""
+    def _passes_into(self, drained: Drained) -> Passes:
+        """Group the batch's reads into passes: the ones they close, and the ones the clock
+        closed since the last batch; all are written with the batch."""
+        flushed: list[Passes] = drained.evidence.get("passes", [])
         reads = drained.reads
         if not len(reads):
-            return
+            return Passes.concat(flushed)
         self._sync_roles()
         closed = self.passes.update(Reads(reads.gate, reads.epc, reads.read["ts_us"],
                                           reads.read["antenna"], reads.read["rssi"],
                                           reads.gates, reads.epcs))  # fmt: skip
-        drained.rows.setdefault("pass", []).extend(pass_rows(closed))
+        return Passes.concat([*flushed, closed])
 
     async def run_passes(self) -> None:
         """Close the passes of gates that went quiet (no read for the gap, by the clock that
@@ -393,8 +473,9 @@ class Ingest:
                 # only as far as every reader has handed over what it read: a reader
                 # blocked by back-pressure must not see its parcels' passes cut short
                 horizon = min(r.delivered_us for r in readers)
-                for row in pass_rows(self.passes.flush(horizon)):
-                    self._batch.add_row("pass", row)
+                closed = self.passes.flush(horizon)
+                if len(closed):
+                    self._batch.add_evidence("passes", closed)
                 if self._batch.messages:
                     self._wakeup.set()
 
@@ -407,10 +488,12 @@ class Ingest:
             avg_ms = (s.flush_s_total - last.flush_s_total) / flushes * 1000 if flushes else 0.0
             log.info(
                 "received %d msgs (+%d), stored %d fixes (+%d), %d tag reads (+%d),"
-                " duplicates %d, rejected %d, %d flushes avg %.1f ms max %.1f ms,"
+                " %d parcel events, duplicates %d, rejected %d,"
+                " %d flushes avg %.1f ms max %.1f ms,"
                 " open batch %d rows, %d batches waiting, broker %s, gates %d/%d up",
                 s.received, s.received - last.received, s.stored, s.stored - last.stored,
-                s.reads, s.reads - last.reads, s.duplicates, s.rejected, flushes, avg_ms,
+                s.reads, s.reads - last.reads, s.parcel_events, s.duplicates, s.rejected,
+                flushes, avg_ms,
                 s.flush_s_max * 1000, self._batch.rows, self._closed.qsize(),
                 "connected" if self.mqtt.connected else "DISCONNECTED",
                 sum(r.connected for r in self.gates.readers.values()), len(self.gates.readers),
@@ -432,7 +515,7 @@ class Ingest:
             tg.create_task(self.run_stats(), name="stats")
             tg.create_task(self.gates.run(), name="gates")
             tg.create_task(self.run_passes(), name="passes")
-            tg.create_task(self.run_fences(), name="fences")
+            tg.create_task(self.run_plan(), name="plan")
 
 
 async def serve(settings: Settings, mqtt_credentials: tuple[str, str] | None) -> None:

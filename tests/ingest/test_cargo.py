@@ -12,6 +12,12 @@ def test_added_at_once_removed_only_after_two_misses() -> None:
     t.update("V", 4, {"A"})
     c = t.update("V", 5, {"A", "D"})  # B and C missed twice: removed; D added
     assert (c.added, c.removed, c.aboard) == (("D",), ("B", "C"), ("A", "D"))
+    assert c.removed_since_us == (4, 4)  # stamped with the first inventory that missed them
+    t.update("V", 6, {"D"})  # A missed once at 6 ...
+    t.update("V", 7, {"A", "D"})  # ... back at 7: the count starts again
+    t.update("V", 8, {"D"})
+    c = t.update("V", 9, {"D"})
+    assert (c.removed, c.removed_since_us) == (("A",), (8,))
 
 
 def test_late_inventories_change_nothing_and_vans_are_separate() -> None:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import tty
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,43 @@ def database_url(local_stack: stack.StackInfo) -> Iterator[str]:
 def db(database_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         yield conn
+
+
+class Pty:
+    """A pseudo-terminal whose slave is reachable through a stable symlink, like socat's link=."""
+
+    def __init__(self, link: Path) -> None:
+        self.link = link
+        self.master = self.slave = -1
+        self.replug()
+
+    def replug(self) -> None:
+        if self.master >= 0:
+            os.close(self.master)
+            os.close(self.slave)
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        tmp = self.link.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        os.symlink(os.ttyname(self.slave), tmp)
+        os.replace(tmp, self.link)
+
+    def write(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def close(self) -> None:
+        # remove the path first: the gate's reader keeps retrying it, and the kernel reuses
+        # /dev/pts numbers, so a stale link would let it open another test's terminal
+        self.link.unlink(missing_ok=True)
+        os.close(self.master)
+        os.close(self.slave)
+
+
+@pytest.fixture()
+def pty(tmp_path: Path) -> Iterator[Pty]:
+    p = Pty(tmp_path / "gate")
+    yield p
+    p.close()
 
 
 def free_port() -> int:

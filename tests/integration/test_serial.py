@@ -3,58 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
-import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from devices.epc import encode_sscc96
 from devices.records import TagRead
 from devices.rfid import ascii, mercury
-from tests.integration.conftest import Proc, wait_until
+from tests.integration.conftest import Proc, Pty, wait_until
 from tests.integration.test_gps_slice import count
-
-
-class Pty:
-    """A pseudo-terminal whose slave is reachable through a stable symlink, like socat's link=."""
-
-    def __init__(self, link: Path) -> None:
-        self.link = link
-        self.master = -1
-        self.replug()
-
-    def replug(self) -> None:
-        if self.master >= 0:
-            os.close(self.master)
-            os.close(self.slave)
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        tmp = self.link.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        os.symlink(os.ttyname(self.slave), tmp)
-        os.replace(tmp, self.link)
-
-    def write(self, data: bytes) -> None:
-        os.write(self.master, data)
-
-    def close(self) -> None:
-        # remove the path first: the gate's reader keeps retrying it, and the kernel reuses
-        # /dev/pts numbers, so a stale link would let it open another test's terminal
-        self.link.unlink(missing_ok=True)
-        os.close(self.master)
-        os.close(self.slave)
-
-
-@pytest.fixture()
-def pty(tmp_path: Path) -> Iterator[Pty]:
-    p = Pty(tmp_path / "gate")
-    yield p
-    p.close()
 
 
 def load_gate(cli: Callable[..., str], tmp_path: Path, gate_id: str, url: str,

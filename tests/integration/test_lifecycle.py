@@ -1,0 +1,194 @@
+"""A van's morning end to end through milepost ingest: loaded at a dock door read by a real
+serial gate (a pseudo-terminal), out of the hub, a delivery seen by its cargo reader, a
+proof of delivery, a warm cargo space, a failed attempt, a mis-load and a parcel left
+behind; then the parcel as a customer sees it through the API."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import orjson
+import psycopg
+
+from devices.records import TagRead
+from devices.rfid import ascii
+from tests.integration.conftest import Proc, Pty, wait_until
+from tests.integration.test_gps_slice import pub
+from tests.integration.test_serial import epcs
+
+HUB_LON, HUB_LAT = 13.4700, 52.5700
+DLAT = 0.0054  # 600 m north
+DLON = 0.0088  # 600 m east at this latitude
+
+
+def status_of(db: psycopg.Connection, tn: str) -> tuple[str, str | None, str | None]:
+    row = db.execute("SELECT status, sub_status, vehicle_id FROM parcel_latest"
+                     " WHERE tracking_number = %s", (tn,)).fetchone()  # fmt: skip
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+def test_a_vans_morning(ingest: Proc, api_url: str, cli: Callable[..., str],
+                        db: psycopg.Connection, pty: Pty, tmp_path: Path) -> None:  # fmt: skip
+    tag = secrets.token_hex(3).upper()
+    van, gate, hub, dock, s1, s2 = (f"LC{tag}-{x}" for x in ("VAN", "G", "HUB", "DOCK", "S1",
+                                                               "S2"))  # fmt: skip
+    van_epc, e1, e2, e3, e4, e5 = epcs(6)
+    tn = {k: f"LC{tag}P{k}" for k in range(1, 6)}
+    now = datetime.now(UTC).replace(microsecond=0)
+    ring = [[HUB_LON - 0.0013, HUB_LAT - 0.0008], [HUB_LON + 0.0013, HUB_LAT - 0.0008],
+            [HUB_LON + 0.0013, HUB_LAT + 0.0008], [HUB_LON - 0.0013, HUB_LAT + 0.0008],
+            [HUB_LON - 0.0013, HUB_LAT - 0.0008]]  # fmt: skip
+    point = {"type": "Point"}
+    manifest = {
+        "stops": [
+            {"stop_id": hub, "kind": "hub", "geofence": {"type": "Polygon", "coordinates": [ring]}},
+            {"stop_id": dock, "kind": "dock", "hub_stop_id": hub, "radius_m": 8,
+             "geofence": {**point, "coordinates": [HUB_LON, HUB_LAT]}},
+            {"stop_id": s1, "kind": "delivery", "radius_m": 40,
+             "geofence": {**point, "coordinates": [HUB_LON, HUB_LAT + DLAT]}},
+            {"stop_id": s2, "kind": "delivery", "radius_m": 40,
+             "geofence": {**point, "coordinates": [HUB_LON + DLON, HUB_LAT + DLAT]}},
+            {"stop_id": f"{s2}-X", "kind": "delivery", "radius_m": 40,
+             "geofence": {**point, "coordinates": [HUB_LON - DLON, HUB_LAT]}},
+        ],
+        "vehicles": [{"vehicle_id": van, "epc": van_epc}],
+        "gates": [{"gate_id": gate, "dock_stop_id": dock, "url": str(pty.link),
+                   "protocol": "ascii", "antennas": {"1": "hall", "2": "dock"}}],
+        "parcels": [
+            {"tracking_number": tn[1], "epc": e1, "stop_id": s1},
+            {"tracking_number": tn[2], "epc": e2, "stop_id": s2, "temp_min_c": 2,
+             "temp_max_c": 8},
+            {"tracking_number": tn[3], "epc": e3, "stop_id": s1},
+            {"tracking_number": tn[4], "epc": e4, "stop_id": f"{s2}-X"},  # no route serves it
+            {"tracking_number": tn[5], "epc": e5, "stop_id": s2,
+             "promised_by": (now - timedelta(hours=1)).isoformat()},
+        ],
+        "routes": [{"vehicle_id": van, "hub_stop_id": hub, "stop_ids": [s1, s2]}],
+    }  # fmt: skip
+    path = tmp_path / "day.json"
+    path.write_text(json.dumps(manifest))
+    password = cli("devices", "add", van)
+    cli("manifest", "load", str(path))
+    ingest.wait_for(f"gate {gate}: reading", timeout=15)
+    time.sleep(5.5)  # the plan is re-read every 5 s
+
+    def fix(dt_s: int, lon: float, lat: float, speed: float) -> bytes:
+        return orjson.dumps({"ts": (now + timedelta(seconds=dt_s)).isoformat(), "lon": lon,
+                             "lat": lat, "speed": speed})  # fmt: skip
+
+    def gps(lines: list[bytes]) -> None:
+        assert pub(van, password, f"fleet/{van}/gps", lines).returncode == 0
+
+    def msg(kind: str, dt_s: int, **body: object) -> bytes:
+        return orjson.dumps({"ts": (now + timedelta(seconds=dt_s)).isoformat(), **body})
+
+    # parked at the dock door around now (the gate stamps reads with the host clock)
+    gps([fix(k, HUB_LON, HUB_LAT, 0.0) for k in range(-60, 125, 5)])
+    time.sleep(1.0)
+
+    def carry(epc: str, first: int, then: int) -> None:
+        for k in range(16):
+            antenna = first if k < 8 else then
+            pty.write(ascii.encode_line(TagRead(epc, antenna=antenna, rssi=-60.0, rssi_dbm=True)))
+            time.sleep(0.04)
+
+    pty.write(ascii.encode_line(TagRead(van_epc, antenna=2, rssi=-50.0, rssi_dbm=True)))
+    carry(e1, 1, 2)  # hall -> dock: loaded
+    carry(e4, 1, 2)  # loaded onto a van that does not serve its stop
+    carry(e3, 2, 1)  # dock -> hall: read at the hub, never loaded
+    wait_until(lambda: db.execute("SELECT count(*) FROM gate_pass WHERE gate_id = %s",
+                                  (gate,)).fetchone() == (4,), timeout=20,
+               what="four passes: three parcels and the van's own tag")  # fmt: skip
+    out_rows = db.execute("SELECT epc, vehicle_id FROM gate_pass WHERE gate_id = %s AND"
+                          " direction = 'out'", (gate,)).fetchall()  # fmt: skip
+    passes = {r[0]: r[1] for r in out_rows}
+    assert passes == {e1: van, e4: van}
+    wait_until(lambda: status_of(db, tn[1])[1] == "InTransit_007", what="P1 loaded")
+    assert status_of(db, tn[1]) == ("InTransit", "InTransit_007", van)
+    assert status_of(db, tn[4]) == ("Exception", "Exception_MISLOAD", van)
+    assert status_of(db, tn[3]) == ("InTransit", "InTransit_002", None)
+    assert status_of(db, tn[5])[1] == "Exception_LATE"  # promised an hour ago
+
+    cargo = f"fleet/{van}/cargo"
+    aboard = [e1, e2, e4, e5]
+    assert pub(van, password, cargo, [msg("cargo", 110, epcs=aboard)]).returncode == 0
+    wait_until(lambda: status_of(db, tn[2])[2] == van, what="P2 bound by the cargo reader")
+    assert status_of(db, tn[2])[1] == "InTransit_007"
+
+    # out of the hub and north to S1 at 10 m/s, two minutes there, east to S2, two minutes
+    # there, then on for two and a half minutes
+    drive = [fix(125 + 5 * k, HUB_LON, HUB_LAT + k * DLAT / 12, 10.0) for k in range(1, 13)]
+    at_s1 = [fix(185 + 5 * k, HUB_LON, HUB_LAT + DLAT, 0.0) for k in range(1, 25)]
+    to_s2 = [fix(305 + 5 * k, HUB_LON + k * DLON / 12, HUB_LAT + DLAT, 10.0) for k in range(1, 13)]
+    at_s2 = [fix(365 + 5 * k, HUB_LON + DLON, HUB_LAT + DLAT, 0.0) for k in range(1, 25)]
+    on = [fix(485 + 5 * k, HUB_LON + DLON + k * 0.0008, HUB_LAT + DLAT, 10.0)
+          for k in range(1, 31)]  # fmt: skip
+    scans = ([msg("cargo", t, epcs=aboard) for t in range(130, 200, 10)]
+             + [msg("cargo", t, epcs=[e2, e4, e5]) for t in range(200, 490, 10)]
+             + [msg("cargo", t, epcs=[e4, e5]) for t in range(490, 640, 10)])
+    gps(drive + at_s1)
+    assert pub(van, password, cargo, scans[:20]).returncode == 0  # to T+320
+    sensor = [msg("sensor", 250, temp_c=12.5, humidity=40)]
+    assert pub(van, password, f"fleet/{van}/sensor", sensor).returncode == 0
+    gps(to_s2 + at_s2)
+    pod = msg("pod", 400, tracking_number=tn[2], outcome="delivered", signed_by="A. Smith")
+    assert pub(van, password, f"fleet/{van}/pod", [pod]).returncode == 0
+    assert pub(van, password, cargo, scans[20:]).returncode == 0
+    gps(on)
+
+    wait_until(lambda: status_of(db, tn[5])[0] == "AttemptFail", timeout=20,
+               what="P5 failed: the van left S2 with it aboard")  # fmt: skip
+    assert status_of(db, tn[1]) == ("Delivered", "Delivered_001", van)
+    assert status_of(db, tn[2]) == ("Delivered", "Delivered_003", van)
+    assert status_of(db, tn[3]) == ("Exception", "Exception_LEFT_BEHIND", None)
+    assert status_of(db, tn[4]) == ("Exception", "Exception_MISLOAD", van)
+
+    def timeline(t: str) -> list[str]:
+        return [r[0] for r in db.execute("SELECT sub_status FROM parcel_event WHERE"
+                                         " tracking_number = %s ORDER BY time", (t,))]  # fmt: skip
+
+    assert timeline(tn[1]) == ["InTransit_002", "InTransit_007", "OutForDelivery_001",
+                               "Delivered_001"]  # fmt: skip
+    assert timeline(tn[2]) == ["InTransit_007", "OutForDelivery_001", "Exception_COLD_CHAIN",
+                               "Delivered_003"]  # fmt: skip
+    # LATE is stamped by the first ETA refresh, whichever batch of fixes that came in
+    late = timeline(tn[5])
+    assert late.count("Exception_LATE") == 1
+    assert [s for s in late if s != "Exception_LATE"] == ["InTransit_007", "OutForDelivery_001",
+                                                          "AttemptFail_001"]  # fmt: skip
+    delivered = db.execute("SELECT time, stop_id, lon, lat FROM parcel_event WHERE"
+                           " tracking_number = %s AND status = 'Delivered'",
+                           (tn[1],)).fetchone()  # fmt: skip
+    assert delivered is not None
+    # the first inventory that missed it, with the van at S1
+    assert delivered[0] == now + timedelta(seconds=200) and delivered[1] == s1
+    assert abs(delivered[3] - (HUB_LAT + DLAT)) < 1e-6
+    n_events = db.execute("SELECT count(*) FROM parcel_event WHERE tracking_number LIKE %s",
+                          (f"LC{tag}%",)).fetchone()  # fmt: skip
+    eta = db.execute("SELECT eta, eta_earliest, eta_latest FROM parcel_latest"
+                     " WHERE tracking_number = %s", (tn[5],)).fetchone()  # fmt: skip
+    assert eta is not None and eta[1] <= eta[0] <= eta[2]
+    assert db.execute("SELECT count(*) FROM eta_snapshot WHERE tracking_number = %s",
+                      (tn[5],)).fetchone()[0] >= 1  # type: ignore[index]
+
+    # what the customer sees: no van, the timeline, the status
+    key = cli("keys", "create", "--role", "customer")
+    body = httpx.get(f"{api_url}/v1/parcels/{tn[1]}",
+                     headers={"Authorization": f"Bearer {key}"}).json()  # fmt: skip
+    assert body["status"] == "Delivered" and body["vehicle_id"] is None
+    assert [e["status"] for e in body["timeline"]] == ["InTransit", "InTransit",
+                                                      "OutForDelivery", "Delivered"]
+    assert all(e["vehicle_id"] is None for e in body["timeline"])
+    # replaying the same messages stores no event twice
+    gps(on)
+    assert pub(van, password, cargo, scans[20:]).returncode == 0
+    time.sleep(2.0)
+    assert db.execute("SELECT count(*) FROM parcel_event WHERE tracking_number LIKE %s",
+                      (f"LC{tag}%",)).fetchone() == n_events  # fmt: skip
