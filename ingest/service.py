@@ -6,7 +6,12 @@ Tasks, all named and owned by one TaskGroup:
 * ``batcher``: closes the open batch when it is due and queues it for the writer;
 * ``writer``: runs the stages over a closed batch, writes it in one transaction, then
   acknowledges its messages to the broker;
-* ``stats``: one log line every few seconds.
+* ``stats``: one log line every few seconds;
+* ``gates``: a reader thread per manifest gate; ``passes``: closes the passes of quiet gates;
+* ``plan``: (re)loads the manifest (geofences, parcels, routes) every few seconds.
+
+The writer waits for the first plan; the processing order itself is
+:class:`ingest.pipeline.Pipeline`.
 
 Backpressure: at most ``MAX_CLOSED_BATCHES`` closed batches wait for the writer. When
 that queue is full the ``mqtt`` task waits, stops reading, and the broker stops
@@ -23,37 +28,30 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import psycopg
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from devices import fleet
-from devices.epc import decode_epc
 from devices.errors import DecodeError
 from devices.gps import json as gps_json
 from devices.gps import nmea, owntracks, teltonika
 from devices.records import GpsFix, fixes_to_array
 from geo.fences import FenceSet
-from geo.transitions import Events, TransitionTracker
-from ingest.batch import Batch, DeadLetter, Drained, FixFrame
-from ingest.cargo import CargoTracker
+from ingest.batch import Batch, DeadLetter, Drained
 from ingest.mqtt import AckToken, BrokerAddress, MqttSource
 from ingest.parcels import (
-    CargoEvidence,
-    ParcelStage,
     PodEvidence,
     SensorEvidence,
     load_plan,
 )
-from ingest.passes import Passes, PassTracker, Reads
+from ingest.pipeline import TABLE_INSERTS, Pipeline
 from ingest.registry import Registry
 from ingest.serial import GateChunk, GateSupervisor
-from ingest.stages import run_stages
 from ingest.writer import Writer, datetime_to_us, us_to_datetime
 from milepost.settings import Settings
 
@@ -72,37 +70,6 @@ FLEET_DECODERS: dict[str, Callable[[bytes], list[GpsFix]]] = {
 
 
 
-TABLE_INSERTS: dict[str, str] = {
-    "geofence": "INSERT INTO geofence_event (time, vehicle_id, stop_id, kind, dwell_s)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-    "at_stop": "UPDATE vehicle_latest SET stop_id = %s WHERE vehicle_id = %s",
-    "pass": "INSERT INTO gate_pass (time, gate_id, epc, last_seen, direction, reads, peak_rssi,"
-            " epc_urn, confidence, sequence, vehicle_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-    "cargo": "INSERT INTO cargo_scan (time, vehicle_id, epcs, added, removed, aboard)"
-             " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-    "sensor": "INSERT INTO sensor_reading (time, vehicle_id, temp_c, humidity)"
-              " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-    "parcel_event": "INSERT INTO parcel_event (time, event_id, tracking_number, status,"
-                    " sub_status, vehicle_id, stop_id, lon, lat, detail)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-    # the book is the one authority on a parcel's state: its newest state wins
-    "parcel_latest": "INSERT INTO parcel_latest AS l (tracking_number, time, status, sub_status,"
-                     " vehicle_id, confidence) VALUES (%s, %s, %s, %s, %s, %s)"
-                     " ON CONFLICT (tracking_number) DO UPDATE SET time = excluded.time,"
-                     " status = excluded.status, sub_status = excluded.sub_status,"
-                     " vehicle_id = excluded.vehicle_id, confidence = excluded.confidence,"
-                     " updated_at = now()",
-    "eta_snapshot": "INSERT INTO eta_snapshot (time, tracking_number, eta, eta_earliest,"
-                    " eta_latest, confidence) SELECT * FROM unnest(%s::timestamptz[],"
-                    " %s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],"
-                    " %s::float8[])",
-    "eta_latest": "UPDATE parcel_latest AS l SET eta = u.eta, eta_earliest = u.lo,"
-                  " eta_latest = u.hi, eta_confidence = u.c, updated_at = now()"
-                  " FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[],"
-                  " %s::timestamptz[], %s::float8[]) AS u (tn, eta, lo, hi, c)"
-                  " WHERE l.tracking_number = u.tn",
-}  # fmt: skip
 TOPICS = (*(f"fleet/+/{kind}" for kind in (*FLEET_DECODERS, "sensor", "cargo", "pod")),
           "owntracks/+/+")  # fmt: skip
 _VEHICLE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
@@ -142,22 +109,6 @@ def vehicle_from_topic(topic: str) -> tuple[str, str]:
     return vehicle, parts[2]
 
 
-def pass_rows(p: Passes, vehicles: Sequence[str | None] = ()) -> list[tuple[Any, ...]]:
-    """gate_pass rows, with each EPC decoded to its GS1 pure identity where it has one, and
-    the van each pass was bound to (``vehicles``, one per pass, when known)."""
-    rows = []
-    for i in range(len(p)):
-        epc = str(p.epc[i])
-        peak = float(p.peak_rssi[i])
-        rows.append((
-            us_to_datetime(int(p.first_us[i])), str(p.gate_id[i]), epc,
-            us_to_datetime(int(p.last_us[i])), str(p.direction[i]), int(p.reads[i]),
-            None if math.isnan(peak) else peak, decode_epc(epc).pure_identity_urn,
-            float(p.confidence[i]), str(p.sequence[i]), vehicles[i] if vehicles else None,
-        ))  # fmt: skip
-    return rows
-
-
 class UnknownDeviceError(DecodeError):
     """A device id that no vehicle is registered for."""
 
@@ -175,14 +126,10 @@ class Ingest:
         self._wakeup = asyncio.Event()
         self._owntracks = Registry(pool, "owntracks_id")
         self.gates = GateSupervisor(pool, self.on_gate_chunk)
-        self.passes = PassTracker({})
-        self.transitions = TransitionTracker(FenceSet.empty())
+        self.pipeline = Pipeline()
         self._stops_key: object = None
-        self.cargo = CargoTracker()
-        self.parcels = ParcelStage()
         self._plan_ready = asyncio.Event()
         self._pool = pool
-        self._roles: dict[tuple[str, int], str] = {}
         self._health: dict[tuple[str, int], str] = {}
         self.mqtt = MqttSource(
             broker,
@@ -247,7 +194,8 @@ class Ingest:
         elif topic.startswith("fleet/") and kind == "pod":
             vehicle, _ = vehicle_from_topic(topic)
             pod = fleet.decode_pod(payload)
-            if self.parcels.ready and self.parcels.book.parcel_of_tracking(
+            book = self.pipeline.parcels
+            if book.ready and book.book.parcel_of_tracking(
                     pod.tracking_number) < 0:  # fmt: skip
                 raise DecodeError(f"proof of delivery for {pod.tracking_number!r}, which is no"
                                   " parcel of the manifest")  # fmt: skip
@@ -258,22 +206,19 @@ class Ingest:
 
     async def _cargo_row(self, vehicle: str, payload: bytes) -> tuple[Any, ...]:
         scan = fleet.decode_cargo(payload)
-        if not self.cargo.known(vehicle):  # after a restart, go on from what was stored
+        cargo = self.pipeline.cargo
+        if not cargo.known(vehicle):  # after a restart, go on from what was stored
             async with self._pool.connection() as conn:
                 cur = await conn.execute(
                     "SELECT time, aboard FROM cargo_scan WHERE vehicle_id = %s"
                     " AND aboard IS NOT NULL ORDER BY time DESC LIMIT 1", (vehicle,))
                 row = await cur.fetchone()
             if row is not None:
-                self.cargo.seed(vehicle, datetime_to_us(row[0]), set(row[1]))
-        change = self.cargo.update(vehicle, scan.ts_us, set(scan.epcs))
-        late = change.late
-        if not late and (change.added or change.removed):
-            self._batch.add_evidence("cargo", CargoEvidence(
-                vehicle, scan.ts_us, change.added, change.removed, change.removed_since_us))
-        return (us_to_datetime(scan.ts_us), vehicle, list(scan.epcs),
-                None if late else list(change.added), None if late else list(change.removed),
-                None if late else list(change.aboard))  # fmt: skip
+                cargo.seed(vehicle, datetime_to_us(row[0]), set(row[1]))
+        row, change = self.pipeline.cargo_row(vehicle, scan)
+        if change is not None:
+            self._batch.add_evidence("cargo", change)
+        return row
 
     async def on_gate_chunk(self, chunk: GateChunk) -> None:
         """Reads and dead letters from a gate's reader thread (called on the event loop)."""
@@ -329,10 +274,9 @@ class Ingest:
         await self._plan_ready.wait()  # the parcel stage needs the plan before any evidence
         while True:
             drained = await self._closed.get()
-            passes = self._passes_into(drained)
-            result = run_stages(drained.fixes)
-            events = self._transitions_into(drained, result.frame)
-            self._parcels_into(drained, result.frame, passes, events)
+            self._sync_roles()  # the gates' antenna roles, as the manifest has them now
+            result = self.pipeline.process(drained)
+            self.stats.parcel_events += len(drained.rows.get("parcel_event", ()))
             dead = drained.dead + result.rejected
             delay = 0.5
             failed_at: float | None = None
@@ -367,44 +311,6 @@ class Ingest:
             s.flush_s_total += dt
             s.flush_s_max = max(s.flush_s_max, dt)
 
-    def _transitions_into(self, drained: Drained, frame: FixFrame) -> Events:
-        """Geofence enter / dwell / exit from the batch's valid fixes, in event time."""
-        if not len(frame) or not len(self.transitions.fences):
-            return Events.empty()
-        f = frame.fix
-        events = self.transitions.update(frame.vehicle, frame.vehicles, f["ts_us"],
-                                         f["lon_deg"], f["lat_deg"])  # fmt: skip
-        rows = drained.rows.setdefault("geofence", [])
-        for i in range(len(events)):
-            dwell = float(events.dwell_s[i])
-            rows.append((us_to_datetime(int(events.ts_us[i])), str(events.vehicle_id[i]),
-                         str(events.stop_id[i]), str(events.kind[i]),
-                         None if math.isnan(dwell) else dwell))  # fmt: skip
-        inside = self.transitions.inside()
-        drained.rows.setdefault("at_stop", []).extend(
-            (inside.get(v), v) for v in frame.vehicles)
-        return events
-
-    def _parcels_into(self, drained: Drained, frame: FixFrame, passes: Passes,
-                      events: Events) -> None:  # fmt: skip
-        """Bindings, parcel events and ETAs of the batch, written with it."""
-        ev = drained.evidence
-        out = self.parcels.process(frame, drained.reads, passes, events, ev.get("cargo", []),
-                                   ev.get("sensor", []), ev.get("pod", []))  # fmt: skip
-        drained.rows.setdefault("pass", []).extend(pass_rows(passes, out.pass_vehicle))
-        rows = drained.rows
-        rows["parcel_event"] = [
-            (us_to_datetime(r[0]), *r[1:9], Jsonb(r[9])) for r in out.event_rows]
-        rows["parcel_latest"] = [(r[0], us_to_datetime(r[1]), *r[2:]) for r in out.latest_rows]
-        if out.eta_rows:
-            cols = list(zip(*out.eta_rows, strict=True))
-            t, tn, eta, lo, hi, conf = cols
-            dt = [us_to_datetime(x) for x in t]
-            e, a, b = ([us_to_datetime(x) for x in c] for c in (eta, lo, hi))
-            rows["eta_snapshot"] = [(dt, list(tn), e, a, b, list(conf))]
-            rows["eta_latest"] = [(list(tn), e, a, b, list(conf))]
-        self.stats.parcel_events += len(out.event_rows)
-
     async def run_plan(self) -> None:
         """Load the manifest (stops' geofences, parcels, routes, gates, vans' tags), and
         again whenever it changes; after a restart, the parcels' states from parcel_latest."""
@@ -426,15 +332,15 @@ class Ingest:
                     columns: list[tuple[Any, ...]] = (list(zip(*rows, strict=True)) if rows
                                                       else [(), (), (), ()])
                     fences = FenceSet.from_stops(*columns)
-                    self.transitions.set_fences(fences)
+                    self.pipeline.set_fences(fences)
                     self._stops_key = key
                     log.info("geofences: %d stops", len(fences))
-                if self.parcels.set_plan(plan, self.transitions.fences):
+                if self.pipeline.set_plan(plan):
                     log.info("plan: %d parcels, %d routes, %d gates",
                              len(plan.parcels.tracking_number), len(plan.routes),
                              len(plan.gate_dock))  # fmt: skip
                 if seed:
-                    self.parcels.seed(seed)
+                    self.pipeline.parcels.seed(seed)
                 self._plan_ready.set()
             except psycopg.OperationalError as exc:
                 log.debug("cannot read the manifest (%s); keeping the plan", exc)
@@ -443,24 +349,8 @@ class Ingest:
             await asyncio.sleep(5.0)
 
     def _sync_roles(self) -> None:
-        roles = {(gid, ant): role for gid, r in self.gates.readers.items()
-                 for ant, role in r.gate.antennas.items()}  # fmt: skip
-        if roles != self._roles:
-            self.passes.set_roles(roles)
-            self._roles = roles
-
-    def _passes_into(self, drained: Drained) -> Passes:
-        """Group the batch's reads into passes: the ones they close, and the ones the clock
-        closed since the last batch; all are written with the batch."""
-        flushed: list[Passes] = drained.evidence.get("passes", [])
-        reads = drained.reads
-        if not len(reads):
-            return Passes.concat(flushed)
-        self._sync_roles()
-        closed = self.passes.update(Reads(reads.gate, reads.epc, reads.read["ts_us"],
-                                          reads.read["antenna"], reads.read["rssi"],
-                                          reads.gates, reads.epcs))  # fmt: skip
-        return Passes.concat([*flushed, closed])
+        self.pipeline.set_roles({(gid, ant): role for gid, r in self.gates.readers.items()
+                                 for ant, role in r.gate.antennas.items()})  # fmt: skip
 
     async def run_passes(self) -> None:
         """Close the passes of gates that went quiet (no read for the gap, by the clock that
@@ -468,12 +358,12 @@ class Ingest:
         while True:
             await asyncio.sleep(1.0)
             readers = [r for r in self.gates.readers.values() if r.connected]
-            if self.passes.open_count and readers:
+            if self.pipeline.passes.open_count and readers:
                 self._sync_roles()
                 # only as far as every reader has handed over what it read: a reader
                 # blocked by back-pressure must not see its parcels' passes cut short
                 horizon = min(r.delivered_us for r in readers)
-                closed = self.passes.flush(horizon)
+                closed = self.pipeline.flush_passes(horizon)
                 if len(closed):
                     self._batch.add_evidence("passes", closed)
                 if self._batch.messages:

@@ -1,0 +1,179 @@
+"""The processing of one drained batch, in its order (pure: no I/O).
+
+:class:`Pipeline` owns the stateful stages: gate passes (:mod:`ingest.passes`), the
+fixes' validation (:data:`ingest.stages.STAGES`), geofence transitions
+(:mod:`geo.transitions`), cargo inventories (:mod:`ingest.cargo`) and the parcel stage
+(:mod:`ingest.parcels`). :meth:`Pipeline.process` runs them over a :class:`Drained`
+batch and fills its ``rows`` (table -> rows, statements in :data:`TABLE_INSERTS`);
+``milepost ingest`` writes them in the batch's transaction, a replay or a benchmark may
+just read them. The order, once: passes -> validate and dedupe fixes -> geofence events
+-> bindings, parcel events and ETAs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from devices.epc import decode_epc
+from devices.fleet import CargoScan
+from geo.fences import FenceSet
+from geo.transitions import Events, TransitionTracker
+from ingest.batch import Drained, FixFrame
+from ingest.cargo import CargoTracker
+from ingest.parcels import CargoEvidence, ParcelStage, Plan
+from ingest.passes import Passes, PassTracker, Reads
+from ingest.stages import StageResult, run_stages
+from ingest.writer import us_to_datetime
+
+TABLE_INSERTS: dict[str, str] = {
+    "geofence": "INSERT INTO geofence_event (time, vehicle_id, stop_id, kind, dwell_s)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+    "at_stop": "UPDATE vehicle_latest SET stop_id = %s WHERE vehicle_id = %s",
+    "pass": "INSERT INTO gate_pass (time, gate_id, epc, last_seen, direction, reads, peak_rssi,"
+            " epc_urn, confidence, sequence, vehicle_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+    "cargo": "INSERT INTO cargo_scan (time, vehicle_id, epcs, added, removed, aboard)"
+             " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+    "sensor": "INSERT INTO sensor_reading (time, vehicle_id, temp_c, humidity)"
+              " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+    "parcel_event": "INSERT INTO parcel_event (time, event_id, tracking_number, status,"
+                    " sub_status, vehicle_id, stop_id, lon, lat, detail)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+    # the book is the one authority on a parcel's state: its newest state wins
+    "parcel_latest": "INSERT INTO parcel_latest AS l (tracking_number, time, status, sub_status,"
+                     " vehicle_id, confidence) VALUES (%s, %s, %s, %s, %s, %s)"
+                     " ON CONFLICT (tracking_number) DO UPDATE SET time = excluded.time,"
+                     " status = excluded.status, sub_status = excluded.sub_status,"
+                     " vehicle_id = excluded.vehicle_id, confidence = excluded.confidence,"
+                     " updated_at = now()",
+    "eta_snapshot": "INSERT INTO eta_snapshot (time, tracking_number, eta, eta_earliest,"
+                    " eta_latest, confidence) SELECT * FROM unnest(%s::timestamptz[],"
+                    " %s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],"
+                    " %s::float8[])",
+    "eta_latest": "UPDATE parcel_latest AS l SET eta = u.eta, eta_earliest = u.lo,"
+                  " eta_latest = u.hi, eta_confidence = u.c, updated_at = now()"
+                  " FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[],"
+                  " %s::timestamptz[], %s::float8[]) AS u (tn, eta, lo, hi, c)"
+                  " WHERE l.tracking_number = u.tn",
+}  # fmt: skip
+
+
+def pass_rows(p: Passes, vehicles: Sequence[str | None] = ()) -> list[tuple[Any, ...]]:
+    """gate_pass rows, with each EPC decoded to its GS1 pure identity where it has one, and
+    the van each pass was bound to (``vehicles``, one per pass, when known)."""
+    rows = []
+    for i in range(len(p)):
+        epc = str(p.epc[i])
+        peak = float(p.peak_rssi[i])
+        rows.append((
+            us_to_datetime(int(p.first_us[i])), str(p.gate_id[i]), epc,
+            us_to_datetime(int(p.last_us[i])), str(p.direction[i]), int(p.reads[i]),
+            None if math.isnan(peak) else peak, decode_epc(epc).pure_identity_urn,
+            float(p.confidence[i]), str(p.sequence[i]), vehicles[i] if vehicles else None,
+        ))  # fmt: skip
+    return rows
+
+
+class Pipeline:
+    """See the module docstring. Not thread-safe: one ingest loop owns it."""
+
+    def __init__(self) -> None:
+        self.passes = PassTracker({})
+        self.transitions = TransitionTracker(FenceSet.empty())
+        self.cargo = CargoTracker()
+        self.parcels = ParcelStage()
+        self._roles: dict[tuple[str, int], str] = {}
+
+    def set_roles(self, roles: Mapping[tuple[str, int], str]) -> None:
+        """The gates' antenna roles, (gate_id, antenna) -> "hall" | "dock"."""
+        if roles != self._roles:
+            self.passes.set_roles(roles)
+            self._roles = dict(roles)
+
+    def set_fences(self, fences: FenceSet) -> None:
+        self.transitions.set_fences(fences)
+
+    def set_plan(self, plan: Plan) -> bool:
+        """The manifest's parcels, routes, gates and tags (after :meth:`set_fences`)."""
+        return self.parcels.set_plan(plan, self.transitions.fences)
+
+    def cargo_row(self, vehicle: str, scan: CargoScan
+                  ) -> tuple[tuple[Any, ...], CargoEvidence | None]:  # fmt: skip
+        """The cargo_scan row of an inventory, and what it changed for the parcel stage."""
+        change = self.cargo.update(vehicle, scan.ts_us, set(scan.epcs))
+        late = change.late
+        row = (us_to_datetime(scan.ts_us), vehicle, list(scan.epcs),
+               None if late else list(change.added), None if late else list(change.removed),
+               None if late else list(change.aboard))  # fmt: skip
+        if late or not (change.added or change.removed):
+            return row, None
+        return row, CargoEvidence(vehicle, scan.ts_us, change.added, change.removed,
+                                  change.removed_since_us)  # fmt: skip
+
+    def flush_passes(self, now_us: int | None) -> Passes:
+        """Close the passes of gates gone quiet (see :meth:`PassTracker.flush`); hand them
+        to the next batch as ``evidence["passes"]``."""
+        return self.passes.flush(now_us)
+
+    def process(self, drained: Drained) -> StageResult:
+        """Run every stage over the batch; fill ``drained.rows``; return the valid fixes and
+        the rejected ones (for dead_letter)."""
+        passes = self._passes_of(drained)
+        result = run_stages(drained.fixes)
+        events = self._transitions_into(drained, result.frame)
+        self._parcels_into(drained, result.frame, passes, events)
+        return result
+
+    def _transitions_into(self, drained: Drained, frame: FixFrame) -> Events:
+        """Geofence enter / dwell / exit from the batch's valid fixes, in event time."""
+        if not len(frame) or not len(self.transitions.fences):
+            return Events.empty()
+        f = frame.fix
+        events = self.transitions.update(frame.vehicle, frame.vehicles, f["ts_us"],
+                                         f["lon_deg"], f["lat_deg"])  # fmt: skip
+        rows = drained.rows.setdefault("geofence", [])
+        for i in range(len(events)):
+            dwell = float(events.dwell_s[i])
+            rows.append((us_to_datetime(int(events.ts_us[i])), str(events.vehicle_id[i]),
+                         str(events.stop_id[i]), str(events.kind[i]),
+                         None if math.isnan(dwell) else dwell))  # fmt: skip
+        inside = self.transitions.inside()
+        drained.rows.setdefault("at_stop", []).extend(
+            (inside.get(v), v) for v in frame.vehicles)
+        return events
+
+    def _parcels_into(self, drained: Drained, frame: FixFrame, passes: Passes,
+                      events: Events) -> None:  # fmt: skip
+        """Bindings, parcel events and ETAs of the batch, written with it."""
+        ev = drained.evidence
+        out = self.parcels.process(frame, drained.reads, passes, events, ev.get("cargo", []),
+                                   ev.get("sensor", []), ev.get("pod", []))  # fmt: skip
+        drained.rows.setdefault("pass", []).extend(pass_rows(passes, out.pass_vehicle))
+        rows = drained.rows
+        rows["parcel_event"] = [
+            (us_to_datetime(r[0]), *r[1:9], Jsonb(r[9])) for r in out.event_rows]
+        rows["parcel_latest"] = [(r[0], us_to_datetime(r[1]), *r[2:]) for r in out.latest_rows]
+        if out.eta_rows:
+            cols = list(zip(*out.eta_rows, strict=True))
+            t, tn, eta, lo, hi, conf = cols
+            dt = [us_to_datetime(x) for x in t]
+            e, a, b = ([us_to_datetime(x) for x in c] for c in (eta, lo, hi))
+            rows["eta_snapshot"] = [(dt, list(tn), e, a, b, list(conf))]
+            rows["eta_latest"] = [(list(tn), e, a, b, list(conf))]
+
+    def _passes_of(self, drained: Drained) -> Passes:
+        """Group the batch's reads into passes: the ones they close, and the ones the clock
+        closed since the last batch; all are written with the batch."""
+        flushed: list[Passes] = drained.evidence.get("passes", [])
+        reads = drained.reads
+        if not len(reads):
+            return Passes.concat(flushed)
+        closed = self.passes.update(Reads(reads.gate, reads.epc, reads.read["ts_us"],
+                                          reads.read["antenna"], reads.read["rssi"],
+                                          reads.gates, reads.epcs))  # fmt: skip
+        return Passes.concat([*flushed, closed])
+
