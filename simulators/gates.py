@@ -261,29 +261,61 @@ class CarryPlanner:
         duration = float(rng.uniform(*self._carry_s))
         self._out[i] = out
         self._free_s[i] = t + duration + PARCEL_COOLDOWN_S
-        first, second = (gate.role("hall"), gate.role("dock"))[:: 1 if out else -1]
-        n = max(3, int(rng.poisson(rng.uniform(*self._rate_hz) * duration)))
-        t_s = t + np.sort(rng.uniform(0.0, duration, n))
-        p = (t_s - t) / duration  # how far through the door, 0..1
-        on_first = rng.random(n) < 1.0 / (1.0 + np.exp((p - 0.5) / 0.08))
-        antenna = np.where(on_first, np.asarray(first)[rng.integers(len(first), size=n)],
-                           np.asarray(second)[rng.integers(len(second), size=n)])
-        peak = rng.uniform(RSSI_DBM[1] - 7, RSSI_DBM[1])
-        rssi = RSSI_DBM[0] + (peak - RSSI_DBM[0]) * np.sin(np.pi * p) + rng.normal(0.0, 1.5, n)
-        carry = Carry(gate.gate_id, self.epcs[i], "out" if out else "in", t, t + duration)
-        return PlannedCarry(carry, t_s, antenna.astype(np.int64),
-                            np.clip(np.rint(rssi), *RSSI_DBM).astype(np.int64))
+        return plan_carry(rng, gate, self.epcs[i], "out" if out else "in", t, duration,
+                          float(rng.uniform(*self._rate_hz)))  # fmt: skip
 
     def _parked(self, gate: GateSpec, epc: str, t: float) -> PlannedCarry:
-        """A van backed up to the dock: its tag read slowly on the dock antennas."""
-        rng = self._rng
-        duration = float(rng.uniform(20.0, 60.0))
-        n = max(3, int(rng.poisson(rng.uniform(2.0, 5.0) * duration)))
-        t_s = t + np.sort(rng.uniform(0.0, duration, n))
-        dock = np.asarray(gate.role("dock"))
-        rssi = np.clip(np.rint(rng.normal(-60.0, 2.0, n)), *RSSI_DBM).astype(np.int64)
-        antenna = dock[rng.integers(dock.size, size=n)].astype(np.int64)
-        return PlannedCarry(Carry(gate.gate_id, epc, "parked", t, t + duration), t_s, antenna, rssi)
+        return plan_parked(self._rng, gate, epc, t, float(self._rng.uniform(20.0, 60.0)))
+
+
+def plan_carry(rng: np.random.Generator, gate: GateSpec, epc: str, direction: Direction,
+               t: float, duration: float, rate_hz: float) -> PlannedCarry:  # fmt: skip
+    """One parcel carried through ``gate`` from ``t`` for ``duration`` seconds, read
+    ``rate_hz`` times a second: the first side's antennas early, the other side's late."""
+    out = direction == "out"
+    first, second = (gate.role("hall"), gate.role("dock"))[:: 1 if out else -1]
+    n = max(3, int(rng.poisson(rate_hz * duration)))
+    t_s = t + np.sort(rng.uniform(0.0, duration, n))
+    p = (t_s - t) / duration  # how far through the door, 0..1
+    on_first = rng.random(n) < 1.0 / (1.0 + np.exp((p - 0.5) / 0.08))
+    antenna = np.where(on_first, np.asarray(first)[rng.integers(len(first), size=n)],
+                       np.asarray(second)[rng.integers(len(second), size=n)])
+    peak = rng.uniform(RSSI_DBM[1] - 7, RSSI_DBM[1])
+    rssi = RSSI_DBM[0] + (peak - RSSI_DBM[0]) * np.sin(np.pi * p) + rng.normal(0.0, 1.5, n)
+    carry = Carry(gate.gate_id, epc, direction, t, t + duration)
+    return PlannedCarry(carry, t_s, antenna.astype(np.int64),
+                        np.clip(np.rint(rssi), *RSSI_DBM).astype(np.int64))
+
+
+def plan_parked(rng: np.random.Generator, gate: GateSpec, epc: str, t: float,
+                duration: float, rate_hz: tuple[float, float] = (2.0, 5.0)) -> PlannedCarry:
+    """A van backed up to the dock: its tag read slowly on the dock antennas."""
+    n = max(3, int(rng.poisson(rng.uniform(*rate_hz) * duration)))
+    t_s = t + np.sort(rng.uniform(0.0, duration, n))
+    dock = np.asarray(gate.role("dock"))
+    rssi = np.clip(np.rint(rng.normal(-60.0, 2.0, n)), *RSSI_DBM).astype(np.int64)
+    antenna = dock[rng.integers(dock.size, size=n)].astype(np.int64)
+    return PlannedCarry(Carry(gate.gate_id, epc, "parked", t, t + duration), t_s, antenna, rssi)
+
+
+class FixedPlanner:
+    """A planner over carries given in advance (a scripted day), for :class:`GateSim`."""
+
+    def __init__(self, carries: Sequence[PlannedCarry]) -> None:
+        ordered = sorted(carries, key=lambda c: c.carry.t_start_s)
+        self._all = ordered
+        self._by_gate: dict[str, list[PlannedCarry]] = {}
+        for c in ordered:
+            self._by_gate.setdefault(c.carry.gate_id, []).append(c)
+
+    def plan_until(self, t_s: float) -> None:
+        """Everything is planned already."""
+
+    def carries_for(self, gate_id: str, start: int = 0) -> list[PlannedCarry]:
+        return self._by_gate.get(gate_id, [])[start:]
+
+    def planned(self) -> list[PlannedCarry]:
+        return list(self._all)
 
 
 def chafon_rssi(rssi_dbm: int) -> int:
@@ -311,7 +343,7 @@ class _Out(NamedTuple):
 class _Schedule:
     """One gate's view of the planner: the reads due in a time window."""
 
-    def __init__(self, planner: CarryPlanner, gate_id: str) -> None:
+    def __init__(self, planner: CarryPlanner | FixedPlanner, gate_id: str) -> None:
         self._planner, self._gate_id = planner, gate_id
         self._taken = 0
         self._active: list[PlannedCarry] = []
@@ -570,7 +602,8 @@ class SimGate:
     Created and driven by :class:`GateSim`; :meth:`unplug` may be called from any thread."""
 
     def __init__(
-        self, spec: GateSpec, planner: CarryPlanner, path: Path, *, rng: np.random.Generator,
+        self, spec: GateSpec, planner: CarryPlanner | FixedPlanner, path: Path, *,
+        rng: np.random.Generator,
         noise: LineNoise, clock: Callable[[], float], keepalive_s: float, tags_per_frame: int,
         unplug_every_s: float | None,
     ) -> None:  # fmt: skip
@@ -735,7 +768,8 @@ class GateSim:
     error a gate thread hit. Also a context manager, and ``await run(duration_s)``.
     Planner options: ``epcs`` (default: 200 from :func:`parcel_epcs`), ``van_epcs``,
     ``carries_per_min`` (per gate), ``carry_s``, ``read_rate_hz``, ``first_carry_s``,
-    ``carry_until_s`` (no carry starts after it; None: for ever).
+    ``carry_until_s`` (no carry starts after it; None: for ever); or ``carries``, a
+    scripted list (a simulated day's loading, :mod:`simulators.day`) instead of a planner.
     """
 
     def __init__(
@@ -746,14 +780,14 @@ class GateSim:
         read_rate_hz: tuple[float, float] = (10.0, 40.0), first_carry_s: float = 0.5,
         carry_until_s: float | None = None, noise: LineNoise = LineNoise(),
         unplug_every_s: float | None = None, keepalive_s: float = 1.0,
-        chafon_tags_per_frame: int = 2,
+        chafon_tags_per_frame: int = 2, carries: Sequence[PlannedCarry] | None = None,
     ) -> None:  # fmt: skip
         if not 1 <= chafon_tags_per_frame <= 16 or keepalive_s <= 0:
             raise ValueError("chafon_tags_per_frame must be 1..16 and keepalive_s positive")
-        self.planner = CarryPlanner(
+        self.planner: CarryPlanner | FixedPlanner = CarryPlanner(
             gates, seed, epcs=epcs, van_epcs=van_epcs, carries_per_min=carries_per_min,
             carry_s=carry_s, read_rate_hz=read_rate_hz, first_s=first_carry_s,
-            until_s=carry_until_s)
+            until_s=carry_until_s) if carries is None else FixedPlanner(carries)
         self.link_dir = Path(link_dir).absolute()  # the manifest url works from any cwd
         self._t0 = time.monotonic()
         self.t0_us = 0  # epoch microseconds at start()
