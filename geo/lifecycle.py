@@ -29,13 +29,16 @@ own where none does (DESIGN.md, "Parcel lifecycle"). The rules, by evidence:
   otherwise (no RFID at this hub) they go out with the van by plan:
   bound with confidence 0.3 and evidence ``plan``, ``OutForDelivery_001``.
 - **Cargo removal** (a tag leaves the van's debounced inventory; its time is the first
-  inventory that missed it) of a parcel bound to the van: at the parcel's own stop:
+  inventory that missed it) of a parcel bound to the van is *pending* until the van's
+  event time is ``removal_confirm_s`` past it (readers miss tags for a while: seen again
+  before then, it was never gone). Then, by where the van was: at the parcel's own stop:
   ``Delivered_001``; at a hub or dock: unloaded (unbound, not out; ``InTransit_002``
   unless it never left); anywhere else: ``Exception_WRONG_DROP`` (stop = where, or none).
 - **Leaving a stop** after a visit of at least ``attempt_dwell_s`` (EXIT with its dwell):
   the parcels for that stop still bound to the van and out are *pending*; when the van's
   event time passes the exit by ``attempt_grace_s`` (the cargo reader's debounce) and
-  they are still bound, out and not delivered: ``AttemptFail_001``. Only for vans that
+  they are still bound, out and not delivered: ``AttemptFail_001``. Pending removals are
+  settled first. Only for vans that
   send cargo scans: without a reader, what is aboard is not known.
 - **Proof of delivery**: ``delivered`` -> ``Delivered_003`` when signed for, else
   ``Delivered_001``; ``failed`` -> ``AttemptFail_001`` with its reason. A proof given
@@ -121,10 +124,11 @@ class ParcelEvents:
 class ParcelBook:
     """The day's parcels and their lifecycle; see the module docstring. Not thread-safe."""
 
-    def __init__(self, *, attempt_dwell_s: float = 30.0, attempt_grace_s: float = 90.0,
-                 pod_far_m: float = 150.0) -> None:  # fmt: skip
+    def __init__(self, *, attempt_dwell_s: float = 30.0, attempt_grace_s: float = 120.0,
+                 removal_confirm_s: float = 60.0, pod_far_m: float = 150.0) -> None:  # fmt: skip
         self.attempt_dwell_s: Final = attempt_dwell_s
         self.attempt_grace_us: Final = int(attempt_grace_s * S_US)
+        self.removal_confirm_us: Final = int(removal_confirm_s * S_US)
         self.pod_far_m: Final = pod_far_m
         self.vehicle_ids: list[str] = []
         self._vcode: dict[str, int] = {}
@@ -133,6 +137,8 @@ class ParcelBook:
         self._rfid_vans: set[int] = set()
         self._cargo_vans: set[int] = set()
         self._pending: dict[int, list[tuple[int, int]]] = {}  # van -> [(parcel, exit_us)]
+        # van -> [(parcel, first missed, stop, stop kind)]: removals not yet confirmed
+        self._removals: dict[int, list[tuple[int, int, str | None, str | None]]] = {}
         self._by_tracking: dict[str, int] = {}
         self._by_epc: dict[str, int] = {}
         self.tracking_number = np.empty(0, np.str_)
@@ -203,6 +209,8 @@ class ParcelBook:
         remap = {int(p): i for i, p in enumerate(prev.tolist()) if p >= 0}
         self._pending = {v: [(remap[p], t) for p, t in items if p in remap]
                          for v, items in self._pending.items()}  # fmt: skip
+        self._removals = {v: [(remap[x[0]], *x[1:]) for x in items if x[0] in remap]
+                          for v, items in self._removals.items()}  # fmt: skip
 
     def seed(self, tracking_number: str, status: str, sub_status: str | None,
              vehicle_id: str | None, time_us: int) -> None:  # fmt: skip
@@ -324,25 +332,34 @@ class ParcelBook:
         a = np.asarray(added, dtype=np.intp).reshape(-1)
         a = a[a >= 0]
         ev = self.bind(a, [vehicle_id] * len(a), np.full(len(a), ts_us), 0.8, ["cargo"] * len(a))
+        seen = set(a.tolist())
+        pending = self._removals.get(v, [])
+        pending[:] = [x for x in pending if x[0] not in seen]  # seen again: a missed read
         r = np.asarray(removed, dtype=np.intp).reshape(-1)
         rt = np.asarray(removed_us, dtype=np.int64).reshape(-1)
         for k in np.flatnonzero(r >= 0).tolist():
             i = int(r[k])
-            if self.vehicle[i] != v or self.status[i] == DELIVERED:
-                continue
-            stop, kind = removed_stop[k], removed_kind[k]
-            one, when = r[k:k + 1], rt[k:k + 1]
-            if stop and stop == self.stop_id[i]:
-                self.out[i] = False
-                self._emit(ev, one, when, DELIVERED, DELIVERED_OK, {"evidence": "cargo"})
-            elif kind in ("hub", "dock"):
-                self._unload(ev, one, when)
-            else:
-                self.out[i] = False
-                self.vehicle[i] = -1
-                self._emit(ev, one, when, EXCEPTION, WRONG_DROP,
-                           {"evidence": "cargo", "at_stop_id": stop}, stop=stop or None, vehicle=v)
+            if self.vehicle[i] == v and self.status[i] != DELIVERED:
+                pending.append((i, int(rt[k]), removed_stop[k], removed_kind[k]))
+        self._removals[v] = pending
+        ev.extend(self.advance(vehicle_id, ts_us))
         return ev
+
+    def _settle_removal(self, ev: ParcelEvents, v: int, i: int, when: int, stop: str | None,
+                        kind: str | None) -> None:  # fmt: skip
+        if self.vehicle[i] != v or self.status[i] == DELIVERED:
+            return
+        one, at = np.array([i]), np.array([when])
+        if stop and stop == self.stop_id[i]:
+            self.out[i] = False
+            self._emit(ev, one, at, DELIVERED, DELIVERED_OK, {"evidence": "cargo"})
+        elif kind in ("hub", "dock"):
+            self._unload(ev, one, at)
+        else:
+            self.out[i] = False
+            self.vehicle[i] = -1
+            self._emit(ev, one, at, EXCEPTION, WRONG_DROP,
+                       {"evidence": "cargo", "at_stop_id": stop}, stop=stop or None, vehicle=v)
 
     def left_stop(self, vehicle_id: str, stop_id: str, ts_us: int, dwell_s: float) -> None:
         v = self._van(vehicle_id)
@@ -353,14 +370,23 @@ class ParcelBook:
         self._pending.setdefault(v, []).extend((int(i), ts_us) for i in here.tolist())
 
     def advance(self, vehicle_id: str, ts_us: int) -> ParcelEvents:
-        """The van's event time moved to ``ts_us``: settle the attempts it has outgrown."""
+        """The van's event time moved to ``ts_us``: settle the removals and the attempts it
+        has outgrown (removals first: a parcel taken out at its stop is no failed attempt)."""
         ev = ParcelEvents()
         v = self._vcode.get(vehicle_id)
-        items = self._pending.get(v, []) if v is not None else []
+        if v is None:
+            return ev
+        removals = self._removals.get(v, [])
+        if removals:
+            due_r = [x for x in removals if ts_us - x[1] >= self.removal_confirm_us]
+            removals[:] = [x for x in removals if ts_us - x[1] < self.removal_confirm_us]
+            for i, when, stop, kind in sorted(due_r, key=lambda x: x[1]):
+                self._settle_removal(ev, v, i, when, stop, kind)
+        items = self._pending.get(v, [])
         if not items:
             return ev
         due = [(i, t) for i, t in items if ts_us - t >= self.attempt_grace_us]
-        self._pending[v] = [(i, t) for i, t in items if ts_us - t < self.attempt_grace_us]  # type: ignore[index]
+        self._pending[v] = [(i, t) for i, t in items if ts_us - t < self.attempt_grace_us]
         for i, t in due:
             if self.vehicle[i] == v and self.out[i] and self.status[i] not in (DELIVERED, ATTEMPT):
                 self._emit(ev, np.array([i]), np.array([t]), ATTEMPT, ATTEMPT_FAIL,

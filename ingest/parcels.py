@@ -32,6 +32,7 @@ from geo.lifecycle import DELIVERED, STATUSES, ParcelBook, ParcelEvents, PlanPar
 from geo.matching import BOUND, OUTCOMES, TrackBuffer, match_passes
 from geo.transitions import Events
 from ingest.batch import FixFrame, ReadFrame
+from ingest.manifest import Manifest
 from ingest.passes import Passes
 from ingest.writer import datetime_to_us
 
@@ -101,6 +102,29 @@ async def load_plan(conn: psycopg.AsyncConnection[Any]) -> Plan:
     tags = {r[0].upper(): r[1] for r in await cur.fetchall()}
     return Plan(parcels, routes, hubs, {r[0]: r[1] for r in stops},
                 {r[0]: _center(r[2]) for r in stops}, gates, tags)  # fmt: skip
+
+
+def plan_from_manifest(m: Manifest) -> tuple[Plan, FenceSet]:
+    """The plan and the geofences of a validated manifest alone (a replay, a benchmark):
+    what :func:`load_plan` and the stop table give once the manifest is stored."""
+    stops = m.stops
+    geofences = [s.geofence.model_dump() for s in stops]
+    fences = FenceSet.from_stops([s.stop_id for s in stops], [s.kind for s in stops],
+                                 geofences, [s.radius_m for s in stops])  # fmt: skip
+    ps = sorted(m.parcels, key=lambda p: p.tracking_number)
+    parcels = PlanParcels(
+        [p.tracking_number for p in ps], [p.epc.upper() if p.epc else None for p in ps],
+        [p.stop_id for p in ps],
+        [None if p.promised_by is None else datetime_to_us(p.promised_by) for p in ps],
+        [p.temp_min_c for p in ps], [p.temp_max_c for p in ps],
+    )  # fmt: skip
+    plan = Plan(parcels, {r.vehicle_id: list(r.stop_ids) for r in m.routes},
+                {r.vehicle_id: r.hub_stop_id for r in m.routes},
+                {s.stop_id: s.kind for s in stops},
+                {s.stop_id: _center(g) for s, g in zip(stops, geofences, strict=True)},
+                {g.gate_id: g.dock_stop_id for g in m.gates},
+                {v.epc.upper(): v.vehicle_id for v in m.vehicles if v.epc})  # fmt: skip
+    return plan, fences
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,9 +365,21 @@ class ParcelStage:
         added = self.book.parcels_of_epcs(c.added)
         removed = self.book.parcels_of_epcs(c.removed)
         prefer = [str(self.book.stop_id[r]) if r >= 0 else "" for r in removed.tolist()]
-        where = self._where(c.vehicle_id, c.removed_since_us, prefer)
-        return self.book.cargo(c.vehicle_id, c.ts_us, added, removed, list(c.removed_since_us),
-                               [w[0] for w in where], [w[1] for w in where])  # fmt: skip
+        # The tag went between the last inventory that saw it and the first that missed it;
+        # a random miss can make that first one come early. So where the van was then, and
+        # where it was at this inventory that confirmed it: its own stop at either wins
+        # (stamped when the van was there), then another stop when it was first missed.
+        n = len(c.removed)
+        first = self._where(c.vehicle_id, c.removed_since_us, prefer)
+        now = self._where(c.vehicle_id, [c.ts_us] * n, prefer)
+        stops, kinds, times = [], [], []
+        for k in range(n):
+            (s0, k0), (s1, k1) = first[k], now[k]
+            late = s1 is not None and s1 == prefer[k] and s0 != prefer[k]
+            stops.append(s1 if late else s0)
+            kinds.append(k1 if late else k0)
+            times.append(c.ts_us if late else c.removed_since_us[k])
+        return self.book.cargo(c.vehicle_id, c.ts_us, added, removed, times, stops, kinds)
 
     def _on_pod(self, e: PodEvidence) -> ParcelEvents:
         pod = e.pod

@@ -19,12 +19,12 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from devices.epc import decode_epc
-from devices.fleet import CargoScan
+from devices.fleet import CargoScan, SensorReading
 from geo.fences import FenceSet
 from geo.transitions import Events, TransitionTracker
 from ingest.batch import Drained, FixFrame
 from ingest.cargo import CargoTracker
-from ingest.parcels import CargoEvidence, ParcelStage, Plan
+from ingest.parcels import CargoEvidence, ParcelStage, Plan, SensorEvidence
 from ingest.passes import Passes, PassTracker, Reads
 from ingest.stages import StageResult, run_stages
 from ingest.writer import us_to_datetime
@@ -113,6 +113,14 @@ class Pipeline:
             return row, None
         return row, CargoEvidence(vehicle, scan.ts_us, change.added, change.removed,
                                   change.removed_since_us)  # fmt: skip
+
+    @staticmethod
+    def sensor_row(vehicle: str, r: SensorReading
+                   ) -> tuple[tuple[Any, ...], SensorEvidence | None]:  # fmt: skip
+        """The sensor_reading row of a reading, and the temperature for the parcel stage."""
+        row = (us_to_datetime(r.ts_us), vehicle, None if math.isnan(r.temp_c) else r.temp_c,
+               None if math.isnan(r.humidity) else r.humidity)  # fmt: skip
+        return row, None if math.isnan(r.temp_c) else SensorEvidence(vehicle, r.ts_us, r.temp_c)
 
     def flush_passes(self, now_us: int | None) -> Passes:
         """Close the passes of gates gone quiet (see :meth:`PassTracker.flush`); hand them

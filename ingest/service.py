@@ -26,7 +26,6 @@ import asyncio
 import dataclasses
 import gc
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -46,13 +45,12 @@ from ingest.batch import Batch, DeadLetter, Drained
 from ingest.mqtt import AckToken, BrokerAddress, MqttSource
 from ingest.parcels import (
     PodEvidence,
-    SensorEvidence,
     load_plan,
 )
 from ingest.pipeline import TABLE_INSERTS, Pipeline
 from ingest.registry import Registry
 from ingest.serial import GateChunk, GateSupervisor
-from ingest.writer import Writer, datetime_to_us, us_to_datetime
+from ingest.writer import Writer, datetime_to_us
 from milepost.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,10 +71,6 @@ FLEET_DECODERS: dict[str, Callable[[bytes], list[GpsFix]]] = {
 TOPICS = (*(f"fleet/+/{kind}" for kind in (*FLEET_DECODERS, "sensor", "cargo", "pod")),
           "owntracks/+/+")  # fmt: skip
 _VEHICLE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
-
-
-def _num(x: float) -> float | None:
-    return None if math.isnan(x) else x
 
 
 def now_us() -> int:
@@ -186,11 +180,10 @@ class Ingest:
             self._batch.add_row("cargo", await self._cargo_row(vehicle, payload), token)
         elif topic.startswith("fleet/") and kind == "sensor":
             vehicle, _ = vehicle_from_topic(topic)
-            r = fleet.decode_sensor(payload)
-            self._batch.add_row("sensor", (us_to_datetime(r.ts_us), vehicle, _num(r.temp_c),
-                                           _num(r.humidity)), token)  # fmt: skip
-            if not math.isnan(r.temp_c):
-                self._batch.add_evidence("sensor", SensorEvidence(vehicle, r.ts_us, r.temp_c))
+            row, temp = self.pipeline.sensor_row(vehicle, fleet.decode_sensor(payload))
+            self._batch.add_row("sensor", row, token)
+            if temp is not None:
+                self._batch.add_evidence("sensor", temp)
         elif topic.startswith("fleet/") and kind == "pod":
             vehicle, _ = vehicle_from_topic(topic)
             pod = fleet.decode_pod(payload)

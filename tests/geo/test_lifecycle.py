@@ -46,8 +46,11 @@ def test_read_loaded_out_delivered_by_the_cargo_reader() -> None:
     assert len(ev) == 0 and b.confidence[p1[0]] == 0.95  # the same van: evidence only
     ev = b.departed_hub("VAN-1", T0 + 600 * S)
     assert ev.sub_status[ev.tracking_number.index("P1")] == "OutForDelivery_001"
-    # removed from the inventory while the van was at S-1; stamped when first missed
+    # removed from the inventory while the van was at S-1; stamped when first missed, and
+    # settled once the van's time is a minute past that
     ev = b.cargo("VAN-1", T0 + 1300 * S, [], p1, [T0 + 1280 * S], ["S-1"], ["delivery"])
+    assert len(ev) == 0 and len(b.advance("VAN-1", T0 + 1339 * S)) == 0
+    ev = b.advance("VAN-1", T0 + 1340 * S)
     assert (ev.status, ev.ts_us, ev.stop_id) == (["Delivered"], [T0 + 1280 * S], ["S-1"])
     assert state(b, "P1") == ("Delivered", "Delivered_001", "VAN-1")
     # Delivered is final
@@ -88,8 +91,9 @@ def test_dropped_at_another_stop_is_a_wrong_drop_and_back_at_the_hub_is_unloaded
     p1, p4 = b.parcels_of_epcs(["E1"]), b.parcels_of_epcs(["E4"])
     b.bind(np.concatenate([p1, p4]), ["VAN-1", "VAN-1"], T0, 0.6, ["gate", "gate"])
     b.departed_hub("VAN-1", T0 + 600 * S)
-    ev = b.cargo("VAN-1", T0 + 900 * S, [], np.concatenate([p1, p4]),
-                 [T0 + 880 * S, T0 + 890 * S], ["S-2", "HUB-1"], ["delivery", "hub"])
+    b.cargo("VAN-1", T0 + 900 * S, [], np.concatenate([p1, p4]),
+            [T0 + 880 * S, T0 + 890 * S], ["S-2", "HUB-1"], ["delivery", "hub"])
+    ev = b.advance("VAN-1", T0 + 960 * S)
     assert list(zip(ev.tracking_number, ev.sub_status, ev.stop_id, strict=True)) == [
         ("P1", "Exception_WRONG_DROP", "S-2"), ("P4", "InTransit_002", "S-1")]
     assert ev.vehicle_id == ["VAN-1", None]
@@ -106,16 +110,26 @@ def test_leaving_the_stop_with_the_parcel_aboard_is_a_failed_attempt_after_the_g
     assert len(b.advance("VAN-1", T0 + 1350 * S)) == 0  # the reader may not have told yet
     # P4's removal at S-1 arrives within the grace: delivered, not failed
     b.cargo("VAN-1", T0 + 1320 * S, [], p4, [T0 + 1290 * S], ["S-1"], ["delivery"])
-    ev = b.advance("VAN-1", T0 + 1400 * S)
-    assert (ev.tracking_number, ev.sub_status, ev.ts_us) == (["P1"], ["AttemptFail_001"],
-                                                              [T0 + 1300 * S])  # fmt: skip
-    assert state(b, "P4")[0] == "Delivered"
+    ev = b.advance("VAN-1", T0 + 1420 * S)
+    assert (ev.tracking_number, ev.sub_status, ev.ts_us) == (["P4", "P1"], [
+        "Delivered_001", "AttemptFail_001"], [T0 + 1290 * S, T0 + 1300 * S])  # fmt: skip
     # a drive-through (short visit) is no attempt, and a van without a reader infers nothing
     b2 = book()
     b2.bind(p1, ["VAN-1"], T0, 0.6, ["gate"])
     b2.departed_hub("VAN-1", T0 + 600 * S)
     b2.left_stop("VAN-1", "S-1", T0 + 1300 * S, dwell_s=300.0)
     assert len(b2.advance("VAN-1", T0 + 2000 * S)) == 0
+
+
+def test_a_tag_the_reader_missed_for_a_while_is_no_removal() -> None:
+    b = book()
+    p1 = b.parcels_of_epcs(["E1"])
+    b.cargo("VAN-1", T0, p1, [], [], [], [])
+    b.departed_hub("VAN-1", T0 + 60 * S)
+    b.cargo("VAN-1", T0 + 300 * S, [], p1, [T0 + 270 * S], ["S-2"], ["delivery"])
+    ev = b.cargo("VAN-1", T0 + 315 * S, p1, [], [], [], [])  # there after all
+    assert len(ev) == 0 and len(b.advance("VAN-1", T0 + 900 * S)) == 0
+    assert state(b, "P1") == ("OutForDelivery", "OutForDelivery_001", "VAN-1")
 
 
 def test_proof_of_delivery_signed_far_and_failed() -> None:
