@@ -4,8 +4,9 @@
                          [--messages M] [--batched-messages B] [--naive-messages K]
                          [--latency-seconds S]
 
-Needs the local stack's TimescaleDB (`make bench` starts it); each run uses a fresh
-database and its own private Mosquitto on a free 127.0.0.1 port.
+The micro cases and ingest need the local stack's TimescaleDB (`make bench` starts it);
+such a run uses a fresh database and its own private Mosquitto on a free 127.0.0.1 port.
+The geo suite needs neither: with `--only geo` no database is created.
 
 * micro cases (writer_vs_raw_copy, encoder_vs_psycopg_rows, validate_vs_python): each
   runs its baseline and milepost alternately, R rounds, and reports the median of each
@@ -15,6 +16,10 @@ database and its own private Mosquitto on a free 127.0.0.1 port.
   INSERT-per-message writer, on the same rows, plus publish-to-commit latency at half
   the sustained rate; targets printed as PASS/MISS (a MISS does not fail the run);
   written to benchmarks/results/ingest.json.
+* geo: FenceSet.membership and EtaEstimator.estimate against plain-Python loops (and
+  membership against a bare shapely STRtree + contains_xy ceiling), and ETA, binding and
+  exception accuracy on a replayed simulated day against its truth; targets printed as
+  PASS/MISS; written to benchmarks/results/geo.json.
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ from typing import Any
 
 import psycopg
 
-from benchmarks import cases, pipeline
+from benchmarks import cases, geo, pipeline
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INGEST = "ingest"
+GEO = "geo"  # needs no database
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("--only", nargs="*", choices=[*sorted(cases.CASES), INGEST], default=None)
+    parser.add_argument("--only", nargs="*", choices=[*sorted(cases.CASES), INGEST, GEO],
+                        default=None)  # fmt: skip
     parser.add_argument("--rounds", type=int, default=defaults.rounds)
     parser.add_argument("--rows", type=int, default=200_000, help="rows per micro COPY case")
     parser.add_argument("--messages", type=int, default=defaults.single_messages,
@@ -59,14 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.rounds, args.messages, args.batched_messages, args.naive_messages,
            args.fixes_per_message) < 1 or args.latency_seconds <= 0:  # fmt: skip
         parser.error("counts, rounds and seconds must be positive")
-    names = args.only or [*cases.CASES, INGEST]
+    names = args.only or [*cases.CASES, INGEST, GEO]
     started = time.monotonic()
-    db = cases.BenchDb.create()
+    db = cases.BenchDb.create() if any(n != GEO for n in names) else None
     micro: dict[str, Any] = {}
     ingest: dict[str, Any] | None = None
+    geo_result: dict[str, Any] | None = None
     try:
         for name in names:
             print(f"== {name}", file=sys.stderr, flush=True)
+            if name == GEO:
+                geo_result = geo.run(geo.Params(rounds=args.rounds))
+                continue
+            assert db is not None
             if name == INGEST:
                 params = pipeline.Params(
                     single_messages=args.messages, batched_messages=args.batched_messages,
@@ -84,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"   {r['target']}: {r['core_share_at_2000_reads_s']:.3f}"
                       f" {'PASS' if r['pass'] else 'MISS'}", file=sys.stderr)  # fmt: skip
     finally:
-        try:
-            db.drop()
-        except psycopg.Error as exc:  # keep the error that stopped the run in view
-            print(f"could not drop {db.name}: {exc}", file=sys.stderr)
+        if db is not None:
+            try:
+                db.drop()
+            except psycopg.Error as exc:  # keep the error that stopped the run in view
+                print(f"could not drop {db.name}: {exc}", file=sys.stderr)
     RESULTS.mkdir(exist_ok=True)
     head = {"machine": _machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if micro:
@@ -98,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     if ingest is not None:
         (RESULTS / "ingest.json").write_text(json.dumps({**head, **ingest}, indent=2) + "\n")
         print(pipeline.table(ingest), end="")
+    if geo_result is not None:
+        (RESULTS / "geo.json").write_text(json.dumps({**head, **geo_result}, indent=2) + "\n")
+        print(geo.table(geo_result), end="")
     print(f"({time.monotonic() - started:.0f} s; results in {RESULTS})")
     return 0
 

@@ -12,6 +12,7 @@ import orjson
 
 from devices.errors import DecodeError, FieldError
 from devices.gps.json import parse_ts_us
+from devices.records import US_PER_S
 
 _EPC = re.compile(r"^(?:[0-9A-Fa-f]{2}){2,62}$")
 _TRACKING = re.compile(r"^[A-Za-z0-9-]{6,40}$")
@@ -97,3 +98,29 @@ def decode_pod(payload: bytes) -> ProofOfDelivery:
             raise FieldError(f"{key!r} must be a string of at most 2000 characters")
         extra[key] = v
     return ProofOfDelivery(parse_ts_us(doc.get("ts")), number, outcome, **extra)
+
+
+# ---------------------------------------------------------------- encoders (simulators)
+# The inverses of the decoders above: decode(encode(x)) == x (``ts`` in Unix seconds, as
+# the GPS JSON encoder writes it).
+
+
+def encode_cargo(scan: CargoScan) -> bytes:
+    return orjson.dumps({"ts": scan.ts_us / US_PER_S, "epcs": list(scan.epcs)})
+
+
+def encode_sensor(reading: SensorReading) -> bytes:
+    doc: dict[str, Any] = {"ts": reading.ts_us / US_PER_S}
+    for key, value in (("temp_c", reading.temp_c), ("humidity", reading.humidity)):
+        if not math.isnan(value):
+            doc[key] = value
+    return orjson.dumps(doc)
+
+
+def encode_pod(pod: ProofOfDelivery) -> bytes:
+    doc: dict[str, Any] = {"ts": pod.ts_us / US_PER_S, "tracking_number": pod.tracking_number,
+                           "outcome": pod.outcome}  # fmt: skip
+    for key in ("reason", "photo_url", "signed_by"):
+        if getattr(pod, key) is not None:
+            doc[key] = getattr(pod, key)
+    return orjson.dumps(doc)

@@ -352,56 +352,63 @@ def api(ctx: click.Context) -> None:
 
 
 @main.command()
-@click.option("--vans", default=10, show_default=True, type=click.IntRange(1, 100_000))
-@click.option("--rate", default=1.0, show_default=True, type=click.FloatRange(0.01, 100),
-              help="fixes per van per wall-clock second")  # fmt: skip
+@click.option("--vans", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--stops", default=12, show_default=True, type=click.IntRange(1, 200),
+              help="delivery stops per van")  # fmt: skip
+@click.option("--parcels-per-stop", default=2, show_default=True, type=click.IntRange(1, 50),
+              help="at most this many parcels per stop (at least one)")  # fmt: skip
+@click.option("--gates", default=3, show_default=True, type=click.IntRange(0, 16),
+              help="dock doors with an RFID reader on a pseudo-terminal (Mercury and ASCII"
+                   " in turn); 0: no gates, the vans' cargo readers bind the parcels")  # fmt: skip
+@click.option("--rate", default=0.5, show_default=True, type=click.FloatRange(0.01, 10),
+              help="GPS fixes per van per second of day time")  # fmt: skip
 @click.option("--seed", default=1, show_default=True, type=int)
 @click.option("--speedup", default=1.0, show_default=True, type=click.FloatRange(0.1, 1000),
-              help="scenario time runs this many times faster than the wall clock")  # fmt: skip
+              help="day time runs this many times faster than the wall clock (gate reads"
+                   " are bound at their dock door only at 1)")  # fmt: skip
+@click.option("--from", "start", default="departure", show_default=True,
+              type=click.Choice(["start", "departure"]),
+              help="play the day from the linehaul unload at the hub, or from a minute"
+                   " before the first van leaves")  # fmt: skip
 @click.option("--duration", default=None, type=click.FloatRange(0.1),
-              help="seconds to run (default: until stopped)")  # fmt: skip
-@click.option("--gates", default=0, show_default=True, type=click.IntRange(0, 64),
-              help="hub dock-door RFID readers on pseudo-terminals (Mercury, Chafon 288, ASCII"
-                   " in turn), carrying the manifest's parcels through")  # fmt: skip
-@click.option("--parcels-per-stop", default=2, show_default=True, type=click.IntRange(0, 50))
+              help="seconds to run (default: until the day is over)")  # fmt: skip
 @click.pass_context
-def simulate(ctx: click.Context, vans: int, rate: float, seed: int, speedup: float,
-             duration: float | None, gates: int, parcels_per_stop: int) -> None:  # fmt: skip
-    """Seeded vans driving a street grid around a hub over MQTT, and gate readers on
-    pseudo-terminals; loads the scenario's manifest (stops, parcels, routes, gates) first."""
+def simulate(ctx: click.Context, vans: int, stops: int, parcels_per_stop: int, gates: int,
+             rate: float, seed: int, speedup: float, start: str,
+             duration: float | None) -> None:  # fmt: skip
+    """A seeded delivery day, live: loads its manifest (hub, dock doors, stops, vans,
+    parcels, routes, gates), then plays it: vans over MQTT (fixes, cargo inventories,
+    cargo temperatures, proofs of delivery) and dock-door readers on pseudo-terminals,
+    with mis-loads, parcels left behind, wrong drops, failed attempts, a warm van and late
+    promises among them."""
     from ingest.mqtt import BrokerAddress
-    from simulators.gates import GateSim
-    from simulators.plan import gate_specs, scenario_manifest
-    from simulators.scenario import Scenario
-    from simulators.vans import run_vans
+    from simulators.day import DayConfig, gate_entries, make_day
+    from simulators.live import run_day
 
     s = _settings(ctx)
     _logging(s.log_level)
-    scenario = Scenario(vans, seed)
-    specs = gate_specs(gates)
+    config = DayConfig(vans=vans, stops_per_van=stops, parcels_per_stop=(1, parcels_per_stop),
+                       docks=max(gates, 1), fix_every_s=1.0 / rate)  # fmt: skip
+    from_s = 0.0 if start == "start" else max(make_day(config, seed=seed, start_us=0)
+                                              .first_departure_s() - 60.0, 0.0)  # fmt: skip
+    day = make_day(config, seed=seed, start_us=time.time_ns() // 1000 - round(from_s * 1e6))
     link_dir = (s.state_dir / "sim" / "gates").absolute()
-    doc, parcel_epcs = scenario_manifest(
-        scenario, specs, {g.gate_id: str(link_dir / g.gate_id) for g in specs},
-        parcels_per_stop=parcels_per_stop)  # fmt: skip
-    passwords = {}
-    for vid in scenario.vehicle_ids:
-        passwords[vid] = add_device(s, vid, _sim_password(seed, vid))
+    doc = dict(day.manifest)
+    doc["gates"] = (gate_entries(day, {g.gate_id: str(link_dir / g.gate_id) for g in day.gates})
+                    if gates else [])  # fmt: skip
+    passwords = {vid: add_device(s, vid, _sim_password(seed, vid)) for vid in day.fixes}
     counts = load_manifest(s, doc)
     _stderr("manifest loaded: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    faults = sorted(day.truth.exception_pairs())
+    _stderr(f"the day: {len(day.fixes)} vans, {len(doc['parcels'])} parcels,"
+            f" {(day.end_us - day.start_us) / 3.6e9:.1f} h; {len(faults)} exceptions and"
+            f" {len(day.truth.attempts)} failed attempts planted")  # fmt: skip
     broker = BrokerAddress.from_url(s.mqtt_url)
-    sim = GateSim(specs, seed, link_dir=link_dir, epcs=parcel_epcs) if specs else None
 
     async def run() -> None:
-        vans_task = run_vans(scenario, host=broker.host, port=broker.port, passwords=passwords,
-                             rate_hz=rate, speedup=speedup, duration_s=duration,
-                             progress=_stderr)  # fmt: skip
-        if sim is None:
-            stats = await vans_task
-        else:
-            _stderr(f"{len(specs)} gates on pseudo-terminals under {link_dir}")
-            stats, _ = await asyncio.gather(vans_task, sim.run(duration))
-            _stderr(f"gates carried {len(sim.carries())} parcels through")
-        _stderr(f"published {stats.published} fixes, {stats.failed} failed")
+        await run_day(day, host=broker.host, port=broker.port, passwords=passwords,
+                      from_s=from_s, speedup=speedup, duration_s=duration,
+                      link_dir=link_dir if gates else None, progress=_stderr)  # fmt: skip
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
@@ -414,8 +421,9 @@ def _sim_password(seed: int, vehicle_id: str) -> str:
 
 
 @main.command()
-@click.option("--vans", default=10, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--rate", default=1.0, show_default=True, type=click.FloatRange(0.01, 100))
+@click.option("--vans", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--rate", default=0.5, show_default=True, type=click.FloatRange(0.01, 10),
+              help="GPS fixes per van per second of day time")  # fmt: skip
 @click.option("--seed", default=1, show_default=True, type=int)
 @click.option("--speedup", default=1.0, show_default=True, type=click.FloatRange(0.1, 1000))
 @click.pass_context
@@ -443,7 +451,7 @@ def demo(ctx: click.Context, vans: int, rate: float, seed: int, speedup: float) 
         spawn("api", [*exe, "api"], log_dir / "api.log")
         _wait_http(f"http://{s.api_addr}/healthz", 60)
         spawn("simulate", [*exe, "simulate", "--vans", str(vans), "--rate", str(rate),
-                           "--seed", str(seed), "--speedup", str(speedup), "--gates", "2"],
+                           "--seed", str(seed), "--speedup", str(speedup)],
               log_dir / "simulate.log")  # fmt: skip
         base = f"http://{s.api_addr}"
         click.echo(

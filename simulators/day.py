@@ -5,9 +5,10 @@ benchmarks can score what milepost inferred.
 
 1. **Linehaul unload** (first ``unload_s``): every parcel of the day is carried into the
    hub through a random dock door (``"in"``): read at the hub.
-2. **Loading**: vans take turns at the dock doors (``docks`` of them, one gate each).
-   A van parks at its dock, its own tag read now and then by the gate, and its parcels
-   are carried through the door one by one (``"out"``, hall antenna then dock antenna).
+2. **Loading**: vans wait in the hub's yard and take turns at the dock doors (``docks``
+   of them, one gate each). A van parks at its dock, its own tag read now and then by
+   the gate, and its parcels are carried through the door one by one (``"out"``, hall
+   antenna then dock antenna).
 3. **The tour**: out of the hub, along the street grid (Manhattan legs, the detour real
    roads impose) to each of its stops in order, at a speed that varies per leg (traffic),
    a dwell (service time) at each stop, and back to the hub. GPS fixes every
@@ -114,6 +115,10 @@ class Day:
     pods: list[tuple[str, ProofOfDelivery]]
     truth: Truth
     end_us: int = 0
+    departs_s: dict[str, float] = field(default_factory=dict)  # van -> leaves its dock
+
+    def first_departure_s(self) -> float:
+        return min(self.departs_s.values(), default=0.0)
 
     def reads(self) -> dict[str, tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64],
                                        list[str]]]:  # fmt: skip
@@ -285,8 +290,11 @@ def make_day(config: DayConfig = DayConfig(), *, seed: int = 1,
                                       float(rng.uniform(1.5, 2.5)), float(rng.uniform(15, 30))))
             loaded_at[tn] = t + 2.5
         # 3. the tour: waypoints (x, y, t), with the dwells
-        pts: list[tuple[float, float, float]] = [(dock[0], dock[1], t0 - 30.0),
-                                                  (dock[0], dock[1], t_dep)]  # fmt: skip
+        # the van waits in the hub's yard for its turn at the dock door
+        yard = (-HUB_HALF_M + 10.0 + (HUB_HALF_M * 2 - 20.0) * (v + 0.5) / c.vans, 35.0)
+        pts: list[tuple[float, float, float]] = [
+            (yard[0], yard[1], 0.0), (yard[0], yard[1], t0 - 40.0), (dock[0], dock[1], t0 - 30.0),
+            (dock[0], dock[1], t_dep)]  # fmt: skip
         v_free = float(rng.uniform(*c.speed_mps))
         visits: list[tuple[str, float, float]] = []  # stop, arrive, leave
         here, t = dock, t_dep
@@ -308,7 +316,7 @@ def make_day(config: DayConfig = DayConfig(), *, seed: int = 1,
         pts.append((here[0], here[1], t_end))
         end_s = max(end_s, t_end)
         px, py, pt = (np.array(a) for a in zip(*pts, strict=True))
-        ts = np.arange(t0 - 30.0, t_end, c.fix_every_s)
+        ts = np.arange(0.0, t_end, c.fix_every_s)
         x = np.interp(ts, pt, px) + rng.normal(0.0, c.noise_m, len(ts))
         y = np.interp(ts, pt, py) + rng.normal(0.0, c.noise_m, len(ts))
         seg = np.clip(np.searchsorted(pt, ts, side="right"), 1, len(pt) - 1)
@@ -397,7 +405,7 @@ def make_day(config: DayConfig = DayConfig(), *, seed: int = 1,
     sensors.sort(key=lambda e: e[1].ts_us)
     pods.sort(key=lambda e: e[1].ts_us)
     return Day(config, start_us, manifest, gates, fixes, carries, cargo, sensors, pods, truth,
-               start_us + round(end_s * US_PER_S))  # fmt: skip
+               start_us + round(end_s * US_PER_S), depart_s)  # fmt: skip
 
 
 def gate_entries(day: Day, urls: dict[str, str]) -> list[dict[str, Any]]:

@@ -49,4 +49,4 @@ def test_imports_go_one_way() -> None:
 def test_aiomqtt_only_in_ingest_mqtt_and_simulators() -> None:
     users = {p.relative_to(ROOT).as_posix() for pkg in ALLOWED for p in (ROOT / pkg).rglob("*.py")
              if "aiomqtt" in imports(p)}
-    assert users <= {"ingest/mqtt.py", "simulators/vans.py"}, users
+    assert users <= {"ingest/mqtt.py", "simulators/live.py"}, users
