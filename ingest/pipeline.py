@@ -54,6 +54,7 @@ TABLE_INSERTS: dict[str, str] = {
                     " eta_latest, confidence) SELECT * FROM unnest(%s::timestamptz[],"
                     " %s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],"
                     " %s::float8[])",
+    "pod_done": "UPDATE pod_inbox SET processed_at = now() WHERE pod_id = %s",
     "eta_latest": "UPDATE parcel_latest AS l SET eta = u.eta, eta_earliest = u.lo,"
                   " eta_latest = u.hi, eta_confidence = u.c, updated_at = now()"
                   " FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[],"

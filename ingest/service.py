@@ -8,7 +8,8 @@ Tasks, all named and owned by one TaskGroup:
   acknowledges its messages to the broker;
 * ``stats``: one log line every few seconds;
 * ``gates``: a reader thread per manifest gate; ``passes``: closes the passes of quiet gates;
-* ``plan``: (re)loads the manifest (geofences, parcels, routes) every few seconds.
+* ``plan``: (re)loads the manifest (geofences, parcels, routes) every few seconds;
+* ``inbox``: proofs of delivery posted to the API, from ``pod_inbox``.
 
 The writer waits for the first plan; the processing order itself is
 :class:`ingest.pipeline.Pipeline`.
@@ -56,6 +57,7 @@ from milepost.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_CLOSED_BATCHES = 2
+POD_SOURCE = "http:/v1/pod"
 # unacknowledged messages the broker may have in flight to us: the local stack's
 # Mosquitto sets max_inflight_messages to this
 RECEIVE_MAXIMUM = 1000
@@ -362,6 +364,39 @@ class Ingest:
                 if self._batch.messages:
                     self._wakeup.set()
 
+    async def run_inbox(self) -> None:
+        """Proofs of delivery posted to the API (``pod_inbox``): into the open batch, and
+        marked processed by the transaction that writes what they caused. A restart reads
+        again whatever was not marked, so each is applied once."""
+        last = 0
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                async with self._pool.connection() as conn:
+                    cur = await conn.execute(
+                        "SELECT pod_id, vehicle_id, payload FROM pod_inbox"
+                        " WHERE processed_at IS NULL AND pod_id > %s ORDER BY pod_id LIMIT 500",
+                        (last,))  # fmt: skip
+                    rows = await cur.fetchall()
+            except psycopg.OperationalError as exc:
+                log.debug("cannot read pod_inbox (%s)", exc)
+                continue
+            for pod_id, vehicle, payload in rows:
+                last = pod_id
+                try:
+                    pod = fleet.decode_pod(bytes(payload))
+                except DecodeError as exc:  # the API validated it; a newer decoder may not
+                    self._batch.add_dead(DeadLetter(now_us(), POD_SOURCE, bytes(payload),
+                                                    str(exc)))  # fmt: skip
+                else:
+                    self._batch.add_evidence("pod", PodEvidence(vehicle, pod))
+                self._batch.add_row("pod_done", (pod_id,))
+            if rows:
+                if self._batch.due():
+                    await self._close_batch()
+                else:
+                    self._wakeup.set()
+
     async def run_stats(self) -> None:
         last = Stats()
         while True:
@@ -399,6 +434,7 @@ class Ingest:
             tg.create_task(self.gates.run(), name="gates")
             tg.create_task(self.run_passes(), name="passes")
             tg.create_task(self.run_plan(), name="plan")
+            tg.create_task(self.run_inbox(), name="inbox")
 
 
 async def serve(settings: Settings, mqtt_credentials: tuple[str, str] | None) -> None:
