@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -44,7 +45,7 @@ def test_a_proof_posted_to_the_api_delivers_the_parcel(
     device = cli("keys", "create", "--role", "device", "--name", van)
     customer = cli("keys", "create", "--role", "customer")
 
-    def post(key: str, body: dict[str, object]) -> httpx.Response:
+    def post(key: str, body: dict[str, str]) -> httpx.Response:
         return httpx.post(f"{api_url}/v1/pod", json=body,
                           headers={"Authorization": f"Bearer {key}"})  # fmt: skip
 
@@ -61,7 +62,7 @@ def test_a_proof_posted_to_the_api_delivers_the_parcel(
     assert post(device, {**at_stop, "outcome": "lost"}).status_code == 422
     assert post(customer, at_stop).status_code == 403
 
-    def detail(tn: str) -> dict[str, object] | None:
+    def detail(tn: str) -> dict[str, Any] | None:
         row = db.execute("SELECT sub_status, detail FROM parcel_event WHERE tracking_number = %s"
                          " AND status = 'Delivered'", (tn,)).fetchone()  # fmt: skip
         return None if row is None else {"sub_status": row[0], **row[1]}
