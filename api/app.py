@@ -12,7 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from api import errors
 from api.responses import JsonResponse
-from api.routes import health, manifest, osmand, parcels, pod, vehicles
+from api.routes import exceptions, health, manifest, osmand, parcels, pod, vehicles, webhooks
 from ingest.registry import Registry
 from milepost.settings import Settings, load_settings
 
@@ -53,5 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(osmand.router)
     app.include_router(manifest.router)
     app.include_router(parcels.router)
+    app.include_router(exceptions.router)
     app.include_router(pod.router)
+    app.include_router(webhooks.router)
     return app

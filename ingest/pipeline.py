@@ -22,6 +22,7 @@ from devices.epc import decode_epc
 from devices.fleet import CargoScan, SensorReading
 from geo.fences import FenceSet
 from geo.transitions import Events, TransitionTracker
+from ingest import webhooks
 from ingest.batch import Drained, FixFrame
 from ingest.cargo import CargoTracker
 from ingest.parcels import CargoEvidence, ParcelStage, Plan, SensorEvidence
@@ -55,6 +56,7 @@ TABLE_INSERTS: dict[str, str] = {
                     " %s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],"
                     " %s::float8[])",
     "pod_done": "UPDATE pod_inbox SET processed_at = now() WHERE pod_id = %s",
+    "webhook_outbox": webhooks.OUTBOX_SQL,
     "eta_latest": "UPDATE parcel_latest AS l SET eta = u.eta, eta_earliest = u.lo,"
                   " eta_latest = u.hi, eta_confidence = u.c, updated_at = now()"
                   " FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[],"
@@ -173,6 +175,11 @@ class Pipeline:
             e, a, b = ([us_to_datetime(x) for x in c] for c in (eta, lo, hi))
             rows["eta_snapshot"] = [(dt, list(tn), e, a, b, list(conf))]
             rows["eta_latest"] = [(list(tn), e, a, b, list(conf))]
+        # the webhooks of these events, in the same transaction (ingest/webhooks.py)
+        etas = (list(zip(rows["eta_snapshot"][0][0], rows["eta_snapshot"][0][1],
+                         *rows["eta_snapshot"][0][2:], strict=True))
+                if out.eta_rows else [])  # fmt: skip
+        rows["webhook_outbox"] = webhooks.outbox_rows(rows["parcel_event"], etas)
 
     def _passes_of(self, drained: Drained) -> Passes:
         """Group the batch's reads into passes: the ones they close, and the ones the clock

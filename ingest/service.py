@@ -9,7 +9,8 @@ Tasks, all named and owned by one TaskGroup:
 * ``stats``: one log line every few seconds;
 * ``gates``: a reader thread per manifest gate; ``passes``: closes the passes of quiet gates;
 * ``plan``: (re)loads the manifest (geofences, parcels, routes) every few seconds;
-* ``inbox``: proofs of delivery posted to the API, from ``pod_inbox``.
+* ``inbox``: proofs of delivery posted to the API, from ``pod_inbox``;
+* ``webhooks``: posts the webhook outbox (:mod:`ingest.webhooks`).
 
 The writer waits for the first plan; the processing order itself is
 :class:`ingest.pipeline.Pipeline`.
@@ -51,6 +52,7 @@ from ingest.parcels import (
 from ingest.pipeline import TABLE_INSERTS, Pipeline
 from ingest.registry import Registry
 from ingest.serial import GateChunk, GateSupervisor
+from ingest.webhooks import WebhookSender
 from ingest.writer import Writer, datetime_to_us
 from milepost.settings import Settings
 
@@ -123,6 +125,7 @@ class Ingest:
         self._owntracks = Registry(pool, "owntracks_id")
         self.gates = GateSupervisor(pool, self.on_gate_chunk)
         self.pipeline = Pipeline()
+        self.webhooks = WebhookSender(pool, allow_private=settings.webhook_allow_private)
         self._stops_key: object = None
         self._plan_ready = asyncio.Event()
         self._pool = pool
@@ -408,13 +411,15 @@ class Ingest:
                 "received %d msgs (+%d), stored %d fixes (+%d), %d tag reads (+%d),"
                 " %d parcel events, duplicates %d, rejected %d,"
                 " %d flushes avg %.1f ms max %.1f ms,"
-                " open batch %d rows, %d batches waiting, broker %s, gates %d/%d up",
+                " open batch %d rows, %d batches waiting, broker %s, gates %d/%d up,"
+                " webhooks %d delivered %d failed",
                 s.received, s.received - last.received, s.stored, s.stored - last.stored,
                 s.reads, s.reads - last.reads, s.parcel_events, s.duplicates, s.rejected,
                 flushes, avg_ms,
                 s.flush_s_max * 1000, self._batch.rows, self._closed.qsize(),
                 "connected" if self.mqtt.connected else "DISCONNECTED",
                 sum(r.connected for r in self.gates.readers.values()), len(self.gates.readers),
+                self.webhooks.delivered, self.webhooks.failed,
             )  # fmt: skip
             last = dataclasses.replace(s)
             s.flush_s_max = 0.0
@@ -435,6 +440,7 @@ class Ingest:
             tg.create_task(self.run_passes(), name="passes")
             tg.create_task(self.run_plan(), name="plan")
             tg.create_task(self.run_inbox(), name="inbox")
+            tg.create_task(self.webhooks.run(), name="webhooks")
 
 
 async def serve(settings: Settings, mqtt_credentials: tuple[str, str] | None) -> None:

@@ -146,6 +146,7 @@ def env(database_url: str) -> dict[str, str]:
         MILEPOST_MQTT_CLIENT_ID=f"milepost-test-{secrets.token_hex(4)}",
         MILEPOST_BATCH_MAX_MS="50",
         MILEPOST_STATS_INTERVAL_S="1",
+        MILEPOST_WEBHOOK_ALLOW_PRIVATE="true",  # the tests' receivers listen on loopback
     )
     return e
 

@@ -178,6 +178,19 @@ def test_a_vans_morning(ingest: Proc, api_url: str, cli: Callable[..., str],
     assert db.execute("SELECT count(*) FROM eta_snapshot WHERE tracking_number = %s",
                       (tn[5],)).fetchone()[0] >= 1  # type: ignore[index]
 
+    # the dispatcher's queue: what needs a decision, with its evidence
+    dispatcher = cli("keys", "create", "--role", "dispatcher")
+    queue = httpx.get(f"{api_url}/v1/exceptions", params={"since": now.isoformat()},
+                      headers={"Authorization": f"Bearer {dispatcher}"}).json()  # fmt: skip
+    mine = {e["tracking_number"]: e for e in queue["exceptions"] if e["tracking_number"]
+            .startswith(f"LC{tag}")}  # fmt: skip
+    assert {k: v["sub_status"] for k, v in mine.items()} == {
+        tn[3]: "Exception_LEFT_BEHIND", tn[4]: "Exception_MISLOAD", tn[5]: "AttemptFail_001"}
+    assert mine[tn[4]]["detail"]["evidence"] == "gate" and mine[tn[4]]["vehicle_id"] == van
+    customer_key = cli("keys", "create", "--role", "customer")
+    assert httpx.get(f"{api_url}/v1/exceptions", headers={
+        "Authorization": f"Bearer {customer_key}"}).status_code == 403
+
     # what the customer sees: no van, the timeline, the status
     key = cli("keys", "create", "--role", "customer")
     body = httpx.get(f"{api_url}/v1/parcels/{tn[1]}",
