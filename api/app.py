@@ -12,7 +12,17 @@ from psycopg_pool import AsyncConnectionPool
 
 from api import errors
 from api.responses import JsonResponse
-from api.routes import exceptions, health, manifest, osmand, parcels, pod, vehicles, webhooks
+from api.routes import (
+    epcis,
+    exceptions,
+    health,
+    manifest,
+    osmand,
+    parcels,
+    pod,
+    vehicles,
+    webhooks,
+)
 from ingest.registry import Registry
 from milepost.settings import Settings, load_settings
 
@@ -56,4 +66,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(exceptions.router)
     app.include_router(pod.router)
     app.include_router(webhooks.router)
+    app.include_router(epcis.router)
     return app

@@ -16,8 +16,10 @@ import httpx
 import orjson
 import psycopg
 
+from api.routes.epcis import epc_uri
 from devices.records import TagRead
 from devices.rfid import ascii
+from tests.api.test_epcis import errors, load_validator
 from tests.integration.conftest import Proc, Pty, wait_until
 from tests.integration.test_gps_slice import pub
 from tests.integration.test_serial import epcs
@@ -199,6 +201,20 @@ def test_a_vans_morning(ingest: Proc, api_url: str, cli: Callable[..., str],
     assert [e["status"] for e in body["timeline"]] == ["InTransit", "InTransit",
                                                       "OutForDelivery", "Delivered"]
     assert all(e["vehicle_id"] is None for e in body["timeline"])
+    # the journey as EPCIS 2.0: valid against GS1's schema, passes, loadings, deliveries
+    r = httpx.get(f"{api_url}/v1/epcis/events", params={"since": now.isoformat()},
+                  headers={"Authorization": f"Bearer {dispatcher}"})  # fmt: skip
+    assert r.status_code == 200 and r.headers["content-type"] == "application/ld+json"
+    doc = r.json()
+    assert errors(load_validator(), doc) == []
+    urn1 = epc_uri(e1)
+    mine_events = [e for e in doc["epcisBody"]["eventList"]
+                   if urn1 in e.get("epcList", []) + e.get("childEPCs", [])]  # fmt: skip
+    assert [(e["type"], e.get("bizStep")) for e in mine_events] == [
+        ("ObjectEvent", "departing"), ("AggregationEvent", "loading"),
+        ("ObjectEvent", "accepting")]  # fmt: skip
+    assert mine_events[1]["parentID"] == epc_uri(van_epc)
+
     # replaying the same messages stores no event twice
     gps(on)
     assert pub(van, password, cargo, scans[20:]).returncode == 0
