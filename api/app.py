@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,11 +13,13 @@ from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
 
 from api import errors
+from api.live import LiveHub
 from api.responses import JsonResponse
 from api.routes import (
     epcis,
     exceptions,
     health,
+    live,
     manifest,
     osmand,
     parcels,
@@ -33,6 +37,7 @@ class State(TypedDict):
     pool: AsyncConnectionPool
     settings: Settings
     osmand_registry: Registry
+    live: LiveHub
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -45,9 +50,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 open=False, name="api",
                                 check=AsyncConnectionPool.check_connection)  # fmt: skip
         await p.open(wait=False)
+        hub = LiveHub(settings.database_url)
+        listener = asyncio.create_task(hub.run(), name="live")
         try:
-            yield {"pool": p, "settings": settings, "osmand_registry": Registry(p, "osmand_id")}
+            yield {"pool": p, "settings": settings, "osmand_registry": Registry(p, "osmand_id"),
+                   "live": hub}
         finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
             await p.close()
 
     app = FastAPI(
@@ -67,4 +78,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pod.router)
     app.include_router(webhooks.router)
     app.include_router(epcis.router)
+    app.include_router(live.router)
     return app

@@ -16,6 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 from psycopg.types.json import Jsonb
 
 from devices.epc import decode_epc
@@ -28,7 +29,7 @@ from ingest.cargo import CargoTracker
 from ingest.parcels import CargoEvidence, ParcelStage, Plan, SensorEvidence
 from ingest.passes import Passes, PassTracker, Reads
 from ingest.stages import StageResult, run_stages
-from ingest.writer import us_to_datetime
+from ingest.writer import datetime_to_us, newest_per_vehicle, us_to_datetime
 
 TABLE_INSERTS: dict[str, str] = {
     "geofence": "INSERT INTO geofence_event (time, vehicle_id, stop_id, kind, dwell_s)"
@@ -57,6 +58,8 @@ TABLE_INSERTS: dict[str, str] = {
                     " %s::float8[])",
     "pod_done": "UPDATE pod_inbox SET processed_at = now() WHERE pod_id = %s",
     "webhook_outbox": webhooks.OUTBOX_SQL,
+    # the live stream (GET /v1/live): sent by PostgreSQL when the batch commits
+    "live": "SELECT pg_notify('milepost_live', %s)",
     "eta_latest": "UPDATE parcel_latest AS l SET eta = u.eta, eta_earliest = u.lo,"
                   " eta_latest = u.hi, eta_confidence = u.c, updated_at = now()"
                   " FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[],"
@@ -79,6 +82,41 @@ def pass_rows(p: Passes, vehicles: Sequence[str | None] = ()) -> list[tuple[Any,
             float(p.confidence[i]), str(p.sequence[i]), vehicles[i] if vehicles else None,
         ))  # fmt: skip
     return rows
+
+
+LIVE_CHANNEL = "milepost_live"
+LIVE_MAX_BYTES = 7000  # a NOTIFY payload must stay under 8000 bytes
+
+
+def live_messages(frame: FixFrame, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> list[str]:
+    """The batch's newest position per van and its parcel events, as JSON texts for
+    ``pg_notify`` (``{"positions": [[vehicle, time, lon, lat, speed, heading]],
+    "parcels": [[event_id, tracking_number, time, status, sub_status, vehicle, stop]]}``),
+    split to fit a notification."""
+    items: list[tuple[str, list[Any]]] = []
+    if len(frame):
+        f = frame.fix[newest_per_vehicle(frame)]
+        vans = frame.vehicle[newest_per_vehicle(frame)]
+        for row, code in zip(f.tolist(), vans.tolist(), strict=True):
+            ts, lon, lat, speed, heading = row[0], row[1], row[2], row[3], row[4]
+            items.append(("positions", [frame.vehicles[code], ts, round(lon, 7), round(lat, 7),
+                                        None if speed != speed else round(speed, 2),
+                                        None if heading != heading else round(heading, 1)]))
+    for e in rows.get("parcel_event", ()):
+        items.append(("parcels", [str(e[1]), e[2], datetime_to_us(e[0]), e[3], e[4], e[5], e[6]]))
+    out: list[str] = []
+    doc: dict[str, list[Any]] = {}
+    size = 0
+    for key, item in items:
+        text = orjson.dumps(item)
+        if size + len(text) > LIVE_MAX_BYTES and doc:
+            out.append(orjson.dumps(doc).decode())
+            doc, size = {}, 0
+        doc.setdefault(key, []).append(item)
+        size += len(text) + 1
+    if doc:
+        out.append(orjson.dumps(doc).decode())
+    return out
 
 
 class Pipeline:
@@ -137,6 +175,7 @@ class Pipeline:
         result = run_stages(drained.fixes)
         events = self._transitions_into(drained, result.frame)
         self._parcels_into(drained, result.frame, passes, events)
+        drained.rows["live"] = [(m,) for m in live_messages(result.frame, drained.rows)]
         return result
 
     def _transitions_into(self, drained: Drained, frame: FixFrame) -> Events:
