@@ -3,6 +3,7 @@ from ingest's commits, filtered by van, resumable with Last-Event-ID."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import secrets
@@ -35,10 +36,8 @@ class Stream:
         self.thread.start()
 
     def _run(self, url: str, headers: dict[str, str], params: dict[str, Any]) -> None:
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # the server went away at the end
             self._read(url, headers, params)
-        except httpx.HTTPError:  # the server went away at the end of the session
-            pass
 
     def _read(self, url: str, headers: dict[str, str], params: dict[str, Any]) -> None:
         with httpx.stream("GET", url, headers=headers, params=params,
