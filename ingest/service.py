@@ -10,7 +10,8 @@ Tasks, all named and owned by one TaskGroup:
 * ``gates``: a reader thread per manifest gate; ``passes``: closes the passes of quiet gates;
 * ``plan``: (re)loads the manifest (geofences, parcels, routes) every few seconds;
 * ``inbox``: proofs of delivery posted to the API, from ``pod_inbox``;
-* ``webhooks``: posts the webhook outbox (:mod:`ingest.webhooks`).
+* ``webhooks``: posts the webhook outbox (:mod:`ingest.webhooks`);
+* ``retention``: drops old chunks every hour (:mod:`ingest.retention`).
 
 The writer waits for the first plan; the processing order itself is
 :class:`ingest.pipeline.Pipeline`.
@@ -43,6 +44,7 @@ from devices.gps import json as gps_json
 from devices.gps import nmea, owntracks, teltonika
 from devices.records import GpsFix, fixes_to_array
 from geo.fences import FenceSet
+from ingest import retention
 from ingest.batch import Batch, DeadLetter, Drained
 from ingest.mqtt import AckToken, BrokerAddress, MqttSource
 from ingest.parcels import (
@@ -441,6 +443,9 @@ class Ingest:
             tg.create_task(self.run_plan(), name="plan")
             tg.create_task(self.run_inbox(), name="inbox")
             tg.create_task(self.webhooks.run(), name="webhooks")
+            tg.create_task(retention.run(self._pool, retention.Policy(
+                self.settings.retention_raw_days, self.settings.retention_events_days)),
+                name="retention")
 
 
 async def serve(settings: Settings, mqtt_credentials: tuple[str, str] | None) -> None:

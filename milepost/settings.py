@@ -41,6 +41,10 @@ class Settings(BaseModel):
     queue_max_rows: int = Field(default=200_000, ge=1000)
     stats_interval_s: float = Field(default=10.0, gt=0)
     db_pool_max: int = Field(default=4, ge=1, le=100)
+    # retention, in days, run by milepost ingest with drop_chunks (0 keeps for ever):
+    # raw positions and tag reads; gate passes, parcel events and what they come from
+    retention_raw_days: int = Field(default=30, ge=0, le=36_500)
+    retention_events_days: int = Field(default=730, ge=0, le=36_500)
     log_level: str = "INFO"
     config: Path | None = None  # MILEPOST_CONFIG, the toml file itself
 
