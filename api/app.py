@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from api import errors
 from api.live import LiveHub
+from api.metrics import ApiMetrics, LatencyMiddleware
 from api.responses import JsonResponse
 from api.routes import (
     epcis,
@@ -38,10 +39,12 @@ class State(TypedDict):
     settings: Settings
     osmand_registry: Registry
     live: LiveHub
+    metrics: ApiMetrics
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    metrics = ApiMetrics()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
@@ -54,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         listener = asyncio.create_task(hub.run(), name="live")
         try:
             yield {"pool": p, "settings": settings, "osmand_registry": Registry(p, "osmand_id"),
-                   "live": hub}
+                   "live": hub, "metrics": metrics}
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=JsonResponse,
     )
     errors.install(app)
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
     app.include_router(health.router)
     app.include_router(vehicles.router)
     app.include_router(osmand.router)

@@ -32,10 +32,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import psycopg
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from devices import fleet
@@ -127,6 +129,7 @@ class Ingest:
         self._owntracks = Registry(pool, "owntracks_id")
         self.gates = GateSupervisor(pool, self.on_gate_chunk)
         self.pipeline = Pipeline()
+        self._started_at = datetime.now(UTC)
         self.webhooks = WebhookSender(pool, allow_private=settings.webhook_allow_private)
         self._stops_key: object = None
         self._plan_ready = asyncio.Event()
@@ -424,7 +427,37 @@ class Ingest:
                 self.webhooks.delivered, self.webhooks.failed,
             )  # fmt: skip
             last = dataclasses.replace(s)
+            await self._publish_stats(flushes)
             s.flush_s_max = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """Counters and gauges for GET /metrics (names without the milepost_ingest_ prefix)."""
+        s = self.stats
+        return {
+            "messages_received_total": s.received, "fixes_stored_total": s.stored,
+            "fixes_duplicate_total": s.duplicates, "rejected_total": s.rejected,
+            "tag_reads_total": s.reads, "parcel_events_total": s.parcel_events,
+            "flushes_total": s.flushes, "flush_seconds_total": round(s.flush_s_total, 6),
+            "flush_seconds_max": round(s.flush_s_max, 6), "db_errors_total": s.db_errors,
+            "open_batch_rows": self._batch.rows, "batches_waiting": self._closed.qsize(),
+            "broker_connected": int(self.mqtt.connected),
+            "gates_up": sum(r.connected for r in self.gates.readers.values()),
+            "gates": len(self.gates.readers),
+            "webhooks_delivered_total": self.webhooks.delivered,
+            "webhooks_failed_total": self.webhooks.failed,
+        }  # fmt: skip
+
+    async def _publish_stats(self, _flushes: int) -> None:
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(
+                    "INSERT INTO ingest_stats (instance, started_at, stats)"
+                    " VALUES (%s, %s, %s) ON CONFLICT (instance) DO UPDATE SET"
+                    " stats = excluded.stats, started_at = excluded.started_at,"
+                    " updated_at = now()",
+                    (self.settings.mqtt_client_id, self._started_at, Jsonb(self.metrics())))
+        except psycopg.OperationalError as exc:
+            log.debug("cannot store the stats (%s)", exc)
 
     async def run(self) -> None:
         # A backlog drained after an outage puts tens of thousands of message objects in

@@ -8,10 +8,13 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
 from api.deps import pool
+from api.live import LiveHub
+from api.metrics import CONTENT_TYPE, ApiMetrics, gauge_lines, ingest_lines
 from api.responses import JsonResponse
 
 router = APIRouter(tags=["health"])
@@ -57,3 +60,43 @@ async def healthz(
                   schema_version=version,
                   checked_in_ms=round((time.perf_counter() - t0) * 1000, 2))  # fmt: skip
     return JsonResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+@router.get("/metrics", response_class=Response, summary="Prometheus text",
+            responses={200: {"content": {CONTENT_TYPE: {}}}})  # fmt: skip
+async def metrics(request: Request, p: Annotated[AsyncConnectionPool, Depends(pool)]) -> Response:
+    own: ApiMetrics = request.state.metrics
+    hub: LiveHub = request.state.live
+    parts = [own.text().decode(),
+             gauge_lines("milepost_live_clients", "clients of GET /v1/live", [({}, hub.clients)]),
+             gauge_lines("milepost_live_listening", "1 while the live LISTEN connection is up",
+                         [({}, int(hub.connected))]),
+             gauge_lines("milepost_live_dropped_clients", "live clients dropped as too slow",
+                         [({}, hub.dropped_clients)], "counter")]  # fmt: skip
+    try:
+        async with p.connection(timeout=2.0) as conn:
+            cur = await conn.execute(
+                "SELECT instance, started_at, stats, extract(epoch FROM now() - updated_at)"
+                " FROM ingest_stats ORDER BY instance")  # fmt: skip
+            rows = [(r[0], r[1], r[2], float(r[3])) for r in await cur.fetchall()]
+            cur = await conn.execute(
+                "SELECT count(*) FILTER (WHERE next_attempt_at < 'infinity'),"
+                " count(*) FILTER (WHERE next_attempt_at = 'infinity'),"
+                " coalesce(extract(epoch FROM now() - min(created_at) FILTER"
+                " (WHERE next_attempt_at < 'infinity')), 0)"
+                " FROM webhook_outbox WHERE delivered_at IS NULL")  # fmt: skip
+            backlog = await cur.fetchone() or (0, 0, 0)
+        parts.append(ingest_lines(rows))
+        parts.append(gauge_lines("milepost_webhook_backlog", "webhook deliveries not yet made",
+                                 [({}, backlog[0])]))
+        parts.append(gauge_lines("milepost_webhook_given_up", "webhook deliveries given up",
+                                 [({}, backlog[1])]))
+        parts.append(gauge_lines("milepost_webhook_oldest_pending_seconds",
+                                 "age of the oldest pending webhook delivery",
+                                 [({}, round(float(backlog[2]), 3))]))
+        parts.append(gauge_lines("milepost_database_up", "1 when the database answered",
+                                 [({}, 1)]))
+    except Exception:  # the database is down: say so, serve the rest
+        parts.append(gauge_lines("milepost_database_up", "1 when the database answered",
+                                 [({}, 0)]))
+    return Response("".join(parts), media_type=CONTENT_TYPE)
