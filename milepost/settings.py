@@ -45,6 +45,14 @@ class Settings(BaseModel):
     # raw positions and tag reads; gate passes, parcel events and what they come from
     retention_raw_days: int = Field(default=30, ge=0, le=36_500)
     retention_events_days: int = Field(default=730, ge=0, le=36_500)
+    # pages: the customer tracking page's brand, the time zone it shows times in, and an
+    # optional map tile server for the dashboard (none: vector layers on a plain background)
+    brand_name: str = Field(default="milepost", min_length=1, max_length=80)
+    brand_color: str = Field(default="#1f5fbf", pattern=r"^#[0-9A-Fa-f]{6}$")
+    brand_logo_url: str | None = None
+    timezone: str = "UTC"
+    map_tiles_url: str | None = None  # e.g. https://tiles.example.com/{z}/{x}/{y}.png
+    map_attribution: str = ""
     log_level: str = "INFO"
     config: Path | None = None  # MILEPOST_CONFIG, the toml file itself
 
@@ -60,6 +68,17 @@ class Settings(BaseModel):
     def _check_mqtt_url(cls, v: str) -> str:
         if urlsplit(v).scheme not in ("mqtt", "mqtts"):
             raise ValueError("must be an mqtt:// or mqtts:// URL")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r} (an IANA name like Europe/Berlin)") from exc
         return v
 
     @field_validator("api_addr")
