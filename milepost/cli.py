@@ -456,7 +456,8 @@ def demo(ctx: click.Context, vans: int, rate: float, seed: int, speedup: float) 
         base = f"http://{s.api_addr}"
         click.echo(
             f"\nmilepost demo is running ({vans} vans)\n"
-            f"  API:            {base}/v1/vehicles  (the live map comes with /dashboard)\n"
+            f"  dashboard:      {base}/dashboard  (paste the dispatcher key below)\n"
+            f"  tracking page:  {base}/track/<tracking number>  (e.g. from /v1/parcels)\n"
             f"  vehicles:       curl -H 'Authorization: Bearer {key}' {base}/v1/vehicles\n"
             f"  dispatcher key: {key}\n"
             f"  API docs:       {base}/docs\n"

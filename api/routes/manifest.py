@@ -61,3 +61,60 @@ async def put_manifest(
             for sql, params in mf.statements(m):
                 await conn.execute(sql, params)
     return ManifestSummary(**mf.summary(m))
+
+
+class StoredStop(BaseModel):
+    stop_id: str
+    kind: str
+    name: str | None
+    geofence: dict[str, Any]
+    radius_m: float | None
+    hub_stop_id: str | None
+
+
+class StoredRoute(BaseModel):
+    vehicle_id: str
+    hub_stop_id: str
+    stop_ids: list[str]
+
+
+class StoredGate(BaseModel):
+    gate_id: str
+    dock_stop_id: str
+    protocol: str
+
+
+class StoredPlan(BaseModel):
+    stops: list[StoredStop]
+    routes: list[StoredRoute]
+    gates: list[StoredGate]
+    vehicles: list[str]
+    parcels: int
+
+
+@router.get("", response_model=StoredPlan, summary="The stored plan: stops with their"
+            " geofences, routes, gates and vehicles (parcels: see /v1/parcels)")
+async def get_manifest(
+    p: Annotated[AsyncConnectionPool, Depends(pool)],
+    _key: Annotated[object, Depends(require("dispatcher"))],
+) -> StoredPlan:
+    async with p.connection() as conn:
+        stops = await (await conn.execute(
+            "SELECT stop_id, kind, name, geofence, radius_m, hub_stop_id FROM stop"
+            " ORDER BY stop_id")).fetchall()  # fmt: skip
+        routes = await (await conn.execute(
+            "SELECT r.vehicle_id, r.hub_stop_id, coalesce(array_agg(s.stop_id ORDER BY s.seq)"
+            " FILTER (WHERE s.stop_id IS NOT NULL), '{}') FROM route r"
+            " LEFT JOIN route_stop s USING (vehicle_id) GROUP BY 1, 2 ORDER BY 1")).fetchall()
+        gates = await (await conn.execute(
+            "SELECT gate_id, dock_stop_id, protocol FROM gate ORDER BY gate_id")).fetchall()
+        vehicles = await (await conn.execute(
+            "SELECT vehicle_id FROM vehicle ORDER BY vehicle_id")).fetchall()
+        parcels = await (await conn.execute("SELECT count(*) FROM parcel")).fetchone()
+    return StoredPlan(
+        stops=[StoredStop(stop_id=r[0], kind=r[1], name=r[2], geofence=r[3], radius_m=r[4],
+                          hub_stop_id=r[5]) for r in stops],
+        routes=[StoredRoute(vehicle_id=r[0], hub_stop_id=r[1], stop_ids=list(r[2]))
+                for r in routes],
+        gates=[StoredGate(gate_id=r[0], dock_stop_id=r[1], protocol=r[2]) for r in gates],
+        vehicles=[r[0] for r in vehicles], parcels=int(parcels[0]) if parcels else 0)

@@ -49,14 +49,16 @@ async def _dead(p: AsyncConnectionPool, received_us: int, raw: bytes, reason: st
     await Writer(p).flush(FixFrame.empty(), [DeadLetter(received_us, SOURCE, raw, reason)])
 
 
-@router.api_route(
-    "/osmand",
-    methods=["GET", "POST"],
-    summary="OsmAnd / Traccar Client position report",
-    responses={200: {"description": "stored (empty body)"},
-               400: {"description": "malformed request, or unknown device id (query mode)"},
-               404: {"description": "unknown device id (JSON mode)"}},
-)
+_RESPONSES: dict[int | str, dict[str, str]] = {
+    200: {"description": "stored (empty body)"},
+    400: {"description": "malformed request, or unknown device id (query mode)"},
+    404: {"description": "unknown device id (JSON mode)"}}
+
+
+@router.get("/osmand", summary="OsmAnd / Traccar Client position report (query)",
+            operation_id="osmand_get", responses=_RESPONSES)
+@router.post("/osmand", summary="OsmAnd / Traccar Client position report (form or JSON)",
+             operation_id="osmand_post", responses=_RESPONSES)
 async def report(request: Request, p: Annotated[AsyncConnectionPool, Depends(pool)]) -> Response:
     received = time.time_ns() // 1000
     body = await _body(request)

@@ -112,7 +112,9 @@ async def list_parcels(
     p: Annotated[AsyncConnectionPool, Depends(pool)],
     _key: Annotated[ApiKey, Depends(require("dispatcher"))],
     status: Annotated[str | None, Query(description=", ".join(STATUSES))] = None,
-    vehicle_id: str | None = None,
+    vehicle_id: Annotated[str | None, Query(
+        description="the van's parcels: bound to it, or planned for it (its route serves"
+                    " their stop) and bound to no van")] = None,
     stop_id: str | None = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -120,11 +122,14 @@ async def list_parcels(
     if status is not None and status not in STATUSES:
         raise ApiError(422, "invalid_request", f"status must be one of {', '.join(STATUSES)}")
     where, params = ["true"], []
-    for column, value in (("l.status", status), ("l.vehicle_id", vehicle_id),
-                          ("p.stop_id", stop_id)):  # fmt: skip
+    for column, value in (("l.status", status), ("p.stop_id", stop_id)):
         if value is not None:
             where.append(f"{column} = %s")
             params.append(value)
+    if vehicle_id is not None:  # bound to the van, or planned for it and bound to no van
+        where.append("(l.vehicle_id = %s OR (l.vehicle_id IS NULL AND p.stop_id IN"
+                     " (SELECT stop_id FROM route_stop WHERE vehicle_id = %s)))")
+        params += [vehicle_id, vehicle_id]
     if cursor is not None:
         where.append("p.tracking_number > %s")
         params.append(cursor)
