@@ -15,6 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from api import errors
 from api.live import LiveHub
 from api.metrics import ApiMetrics, LatencyMiddleware
+from api.ratelimit import RateLimiter
 from api.responses import JsonResponse
 from api.routes import (
     dashboard,
@@ -42,6 +43,7 @@ class State(TypedDict):
     osmand_registry: Registry
     live: LiveHub
     metrics: ApiMetrics
+    limiter: RateLimiter
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -59,7 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         listener = asyncio.create_task(hub.run(), name="live")
         try:
             yield {"pool": p, "settings": settings, "osmand_registry": Registry(p, "osmand_id"),
-                   "live": hub, "metrics": metrics}
+                   "live": hub, "metrics": metrics,
+                   "limiter": RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)}
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -10,6 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from api.errors import ApiError
 from api.keys import ApiKey, verify_key
+from api.ratelimit import RateLimiter, retry_after
 
 
 def pool(request: Request) -> AsyncConnectionPool:
@@ -34,6 +35,11 @@ def require(*roles: str) -> Callable[[Request], Coroutine[Any, Any, ApiKey]]:
                            {"WWW-Authenticate": "Bearer"})  # fmt: skip
         if key.role not in allowed:
             raise ApiError(403, "forbidden", f"this endpoint needs a {' or '.join(roles)} key")
+        limiter: RateLimiter = request.state.limiter
+        wait = limiter.take(key.key_id)
+        if wait > 0:
+            raise ApiError(429, "rate_limited", f"too many requests for this key; retry in"
+                           f" {wait:.1f} s", {"Retry-After": retry_after(wait)})  # fmt: skip
         request.state.key = key
         return key
 

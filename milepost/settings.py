@@ -45,6 +45,9 @@ class Settings(BaseModel):
     # raw positions and tag reads; gate passes, parcel events and what they come from
     retention_raw_days: int = Field(default=30, ge=0, le=36_500)
     retention_events_days: int = Field(default=730, ge=0, le=36_500)
+    # API rate limit per key and process: requests a second on average, and the burst
+    rate_limit_per_s: float = Field(default=50.0, ge=0)  # 0: no limit
+    rate_limit_burst: int = Field(default=200, ge=1)
     # pages: the customer tracking page's brand, the time zone it shows times in, and an
     # optional map tile server for the dashboard (none: vector layers on a plain background)
     brand_name: str = Field(default="milepost", min_length=1, max_length=80)
