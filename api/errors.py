@@ -52,6 +52,12 @@ def install(app: FastAPI) -> None:
         return error_response(503, "unavailable", "the database is unavailable; retry shortly",
                               {"Retry-After": "5"})  # fmt: skip
 
+    @app.exception_handler(psycopg.DataError)
+    async def _bad_value(_: Request, exc: psycopg.DataError) -> JsonResponse:
+        # a value the database cannot hold (a NUL in text, a date out of range): the
+        # request's fault, not the server's
+        return error_response(422, "invalid_request", f"a value cannot be stored: {exc}")
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JsonResponse:
         parts = []

@@ -25,11 +25,15 @@ EventType = Annotated[str, Field(pattern="^(" + "|".join(t.replace(".", r"\.")
                                                         for t in EVENT_TYPES) + ")$")]
 
 
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"  # no control characters (a NUL cannot be stored)
+
+
 class NewWebhook(BaseModel):
-    url: Annotated[str, Field(max_length=2000, examples=["https://example.com/milepost"])]
+    url: Annotated[str, Field(max_length=2000, pattern=PRINTABLE,
+                              examples=["https://example.com/milepost"])]
     events: Annotated[list[EventType], Field(min_length=1, max_length=len(EVENT_TYPES),
                                              examples=[["parcel.status", "exception"]])]
-    secret: Annotated[str, Field(min_length=16, max_length=256,
+    secret: Annotated[str, Field(min_length=16, max_length=256, pattern=PRINTABLE,
                                  description="HMAC-SHA256 key for X-Milepost-Signature")]
     tracking_numbers: Annotated[
         list[Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{6,40}$")]] | None,
