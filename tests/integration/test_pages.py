@@ -21,7 +21,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.integration.conftest import ROOT, Proc
+from tests.integration.conftest import ROOT, Proc, free_port
 from tests.integration.test_gps_slice import pub
 
 SHOTS = ROOT / "var" / "screenshots"
@@ -48,8 +48,18 @@ def shot(driver: WebDriver, name: str) -> None:
     driver.save_screenshot(str(SHOTS / f"{name}.png"))
 
 
-def test_the_dashboard_live(ingest: Proc, api_url: str, cli: Callable[..., str],
+def test_the_dashboard_live(ingest: Proc, spawn: Callable[..., Proc], cli: Callable[..., str],
                             tmp_path: Path, browser: WebDriver) -> None:  # fmt: skip
+    # an API of its own, so the test can take it away and bring it back
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}"
+
+    def start_api() -> Proc:
+        proc = spawn("api", extra_env={"MILEPOST_API_ADDR": f"127.0.0.1:{port}"})
+        proc.wait_for("Uvicorn running")
+        return proc
+
+    api = start_api()
     tag = secrets.token_hex(3).upper()
     van, stop, hub, tn = f"DB{tag}-VAN", f"DB{tag}-S", f"DB{tag}-HUB", f"DB{tag}-P1"
     path = tmp_path / "m.json"
@@ -119,6 +129,16 @@ def test_the_dashboard_live(ingest: Proc, api_url: str, cli: Callable[..., str],
     # no request left the machine: every resource came from the API itself
     urls = b.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert urls and all(u.startswith(api_url) for u in urls), urls
+
+    # the live stream drops (the API goes away) and comes back: the page says so, then
+    # carries on without a reload
+    api.stop()
+    wait.until(lambda d: "reconnecting" in d.find_element(By.ID, "status").text)
+    start_api()
+    wait.until(lambda d: d.find_element(By.ID, "status").text == "live")
+    moved = b.find_element(By.CSS_SELECTOR, marker).get_attribute("d")
+    fix(20, LON + 0.009)
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, marker).get_attribute("d") != moved)
 
 
 def test_the_tracking_page_in_the_browser(ingest: Proc, api_url: str, cli: Callable[..., str],
