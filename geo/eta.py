@@ -21,49 +21,76 @@ The rules (the definition; the tests hold a plain scalar loop written from this 
       moving fix, in order, updates *recent* (EWMA, ``speed_alpha`` 0.3) and *history*
       (EWMA, ``history_alpha`` 0.02). ``speed = blend(recent_weight * recent + (1 -
       recent_weight) * history, n_moving, speed_prior_mps)``, ``recent_weight`` 0.5.
+    - **Waiting.** A van is *waiting* (still at its hub: in the yard for its turn at a
+      dock door, or loading) from when it enters the plan, from a reload that finds it
+      at its hub (no fix yet, or its newest fix within ``hub_radius_m``, 500, of the hub),
+      and from an arrival at its hub, until a departure from its hub or an arrival at one
+      of its route stops; otherwise it is *on tour*.
     - **Arrival** at route stop ``i`` of van ``k`` (unknown van or stop, or a stop already
-      visited: ignored): first the predictions recorded for stop ``i`` are scored (below);
-      then ``i`` and every earlier stop of the route are marked visited and their
-      predictions dropped. If a *leg start* is set and the straight haversine ``d`` from
-      it to stop ``i`` is ``>= min_leg_m`` (100 m), ``clip(driven / d, 1, 3)`` (``driven``
-      = odometer now - odometer at the leg start) is a *detour* sample (EWMA,
-      ``learn_alpha`` 0.2; ``detour = blend(.., n, detour_prior)``). The leg start is
-      cleared; the van is *at* stop ``i`` since the arrival time.
+      visited: ignored): the van is on tour; first the predictions recorded for stop ``i``
+      are scored (below); then ``i`` and every earlier stop of the route are marked
+      visited and their predictions dropped. If a *leg start* is set and the straight
+      haversine ``d`` from it to stop ``i`` is ``>= min_leg_m`` (100 m), ``clip(driven /
+      d, 1, 3)`` (``driven`` = odometer now - odometer at the leg start) is a *detour*
+      sample (EWMA, ``learn_alpha`` 0.2; ``detour = blend(.., n, detour_prior)``). The leg
+      start is cleared; the van is *at* stop ``i`` since the arrival time. With
+      ``hub=True`` (``stop_id`` unused; unknown van: ignored) the van is back at its hub:
+      waiting, at no stop, its leg start cleared; nothing is scored or learned.
     - **Departure** from route stop ``i`` (or, with ``hub=True``, from the van's hub;
       unknown van or stop: ignored): if the van is at stop ``i`` and the time is not
       before that arrival, ``min(departure - arrival, max_service_s)`` in seconds is a
       *service* sample (EWMA, ``learn_alpha``; ``service_s = blend(.., n,
       service_prior_s)``) and the van is at no stop. The leg start becomes the place left
-      (stop centre or hub) with the odometer now.
+      (stop centre or hub) with the odometer now. A departure from the hub puts the van
+      on tour.
     - **Estimate**, for each van with a fix: ``t_k = max(newest fix time, now_us)``; its
       remaining (not visited) stops ``r_1 .. r_m`` in route order; ``cum_j`` = haversine
       (van position, r_1) + the haversines between consecutive remaining stops up to
-      ``r_j``; ``eta_j = t_k + round(1e6 * (cum_j * detour / speed + (j - 1) * service_s))``.
-      Horizon ``h = eta - t_k`` falls in bucket 0..4 by the edges 15, 30, 60, 120 min
-      (an edge belongs to the bucket above); ``H = max(h, horizon_floor_s)``.
-    - **Window** per bucket, from its last ``window_history`` (500) scored errors and
-      hits: ``w = min(n / window_prior_samples, 1)`` (30); ``q_lo = w * P10(err) + (1 -
-      w) * window_prior[0]``, ``q_hi`` likewise with ``P90`` and ``window_prior[1]``
-      (-0.15, +0.25; percentiles interpolate linearly); ``confidence = w * share of
-      hits + (1 - w) * confidence_prior`` (0.8). ``earliest = max(t_k, min(eta +
-      round(q_lo * H), eta - min_half_width))``, ``latest = max(eta + round(q_hi * H),
-      eta + min_half_width)`` (all µs; ``min_half_width_s`` 120), so ``t_k <= earliest
-      <= eta <= latest``.
-    - **Predictions**: each estimate row is recorded as (eta, H, earliest, latest) for its
-      (van, stop, bucket) unless one is recorded already (the first one made in a bucket
-      is kept). Scoring at the arrival time ``a`` appends, bucket by bucket in increasing
-      order, ``err = (a - eta) / H`` and ``hit = earliest <= a <= latest``.
+      ``r_j``; the *raw horizon* ``h_j = 1e6 * (cum_j * detour / speed + (j - 1) *
+      service_s)`` µs, not rounded; ``h`` falls in bucket 0..4 by the edges 15, 30, 60,
+      120 min (an edge belongs to the bucket above); ``H = max(h, horizon_floor_s)``. The
+      row's *slot* is (its van's state: on tour or waiting, its bucket).
+    - **Window** per slot, from its last ``window_history`` (500) scored errors and hits:
+      ``w = min(n / window_prior_samples, 1)`` (30), ``Q_p = w * P_p(err) + (1 - w) *
+      prior_p`` for ``p`` = 10, 50, 90 (percentiles interpolate linearly) with the priors
+      ``(window_prior[0], 0, window_prior[1])`` = (-0.15, 0, +0.25) on tour and
+      ``(waiting_prior[0], 0, waiting_prior[1])`` = (-0.15, 0, +3) waiting, and
+      ``confidence = w * share of hits + (1 - w) * confidence_prior`` (0.8). A row on tour
+      takes ``lo, m, hi`` = ``Q_10, Q_50, Q_90`` of its slot (``m = 0`` with
+      ``median_correction=False``). A waiting row takes ``lo = min(Q_10 waiting, Q_10 on
+      tour)`` of its bucket (the van may leave at once), ``m = 0`` (its ETA is as if it
+      left now) and ``hi = Q_90`` of its slot. ``eta = max(t_k, t_k + round(h + m * H))``,
+      ``earliest = max(t_k, min(t_k + round(h + lo * H), eta - min_half_width))``,
+      ``latest = max(t_k + round(h + hi * H), eta + min_half_width)`` (all µs;
+      ``min_half_width_s`` 120), so ``t_k <= earliest <= eta <= latest``; its confidence
+      is its slot's.
+    - **Predictions**: each estimate row is recorded as (t_k, h, earliest, latest) for
+      its (van, stop, slot) unless one is recorded already (the first one made in a slot
+      is kept). Scoring at the arrival time ``a`` appends to each recorded slot's history
+      ``err = (a - (t_k + h)) / H`` and ``hit = earliest <= a <= latest``.
     - **Naive** (the baseline): the same rows and ``cum_j``; ``eta = t_k + round(1e6 *
       cum_j / max(last speed, 1))`` (NaN speed counts as 1 m/s); earliest = latest = eta,
       confidence 0; nothing is recorded.
     - **Plan reload** (:meth:`~EtaEstimator.set_plan`): a van still in the plan keeps its
-      fixes, odometer, speeds, detour, service, leg start, and, for the stops (by id)
-      still on its route, their visited state, predictions and whether it is at one. Vans
-      left out are forgotten. The window histories are kept.
+      fixes, odometer, speeds, detour, service, leg start, state (but see Waiting), and,
+      for the stops (by id) still on its route, their visited state, predictions and
+      whether it is at one. Vans left out are forgotten. The window histories are kept.
 
-State: per van a fixed set of numbers; per route stop a visited flag and at most one
-prediction per bucket; per bucket two bounded histories. Everything is bounded by the
-plan's size.
+State: per van a fixed set of numbers; per route stop a visited flag, where it lies along
+the stops its van has left, and at most one prediction per slot; per slot two bounded
+histories. Everything is bounded by the plan's size.
+
+How :meth:`~EtaEstimator.estimate` stays fast (a few dozen NumPy passes over the rows, no
+Python loop over vans or stops): the distances along each van's remaining stops are kept
+per stop and change only on an arrival or a reload; each van's µs per metre and per stop
+and its distance to its first remaining stop are kept up to date where they change
+(fixes, arrivals, departures), so an estimate does no haversine; which rows it has, and
+their ids (the plan's own arrays when every stop is a row), is cached until an arrival, a
+reload or a van's first fix; per-van values are repeated onto the rows; once ``H = h``,
+``t + round(h + q * H)`` is ``t + round((1 + q) * h)``, one multiply per column, the
+half width is two clamps over the columns, and only the rows with ``h`` below
+``max(horizon_floor, min_half_width / (1 + min m))`` take the rules as written; the
+predictions of a first estimate are kept by reference (its columns are read-only).
 """
 
 from __future__ import annotations
@@ -72,22 +99,32 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from itertools import pairwise
 from typing import Any, Final
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from geo.fences import haversine_m
+from geo.fences import EARTH_RADIUS_M, haversine_m
 
 S_US: Final = 1_000_000
 NO_TIME: Final = int(np.iinfo(np.int64).min)  # time of a van (or an arrival) not yet seen
 BUCKET_EDGES_MIN: Final = (15, 30, 60, 120)
 N_BUCKETS: Final = len(BUCKET_EDGES_MIN) + 1
-_EDGES_US: Final = np.array(BUCKET_EDGES_MIN, np.int64) * 60 * S_US
+TOUR: Final = 0  # the states, in slot order: slot = state * N_BUCKETS + bucket
+WAITING: Final = 1
+N_SLOTS: Final = 2 * N_BUCKETS
+_EDGES_US: Final = tuple(float(m * 60 * S_US) for m in BUCKET_EDGES_MIN)
+# x + _ROUND, read as int64, is _ROUND_BITS + rint(x) for |x| < 2**51: rounding to whole
+# microseconds and the move to int64 in one addition
+_ROUND: Final = 1.5 * 2.0**52
+_ROUND_BITS: Final = int(np.float64(_ROUND).view(np.int64))
+_F_LO, _F_MID, _F_HI, _CONF = range(4)  # the columns of EtaEstimator._window()
 
 Int64Array = NDArray[np.int64]
 Float64Array = NDArray[np.float64]
 IntpArray = NDArray[np.intp]
+Int8Array = NDArray[np.int8]
 BoolArray = NDArray[np.bool_]
 StrArray = NDArray[np.str_]
 Route = tuple[str, tuple[float, float], Sequence[tuple[str, float, float]]]
@@ -172,7 +209,11 @@ class RoutePlan:
 
 @dataclass(frozen=True, slots=True)
 class Etas:
-    """One row per remaining (not yet visited) route stop, in route order per van."""
+    """One row per remaining (not yet visited) route stop, in route order per van.
+
+    ``vehicle_id`` and ``stop_id`` are read-only and may be shared with the plan and with
+    other answers; the numeric columns are the caller's.
+    """
 
     vehicle_id: StrArray
     stop_id: StrArray
@@ -206,27 +247,62 @@ class _Vans:
     leg_odo_m: Float64Array
     at_stop: IntpArray  # flat stop index, -1: at none
     arrived_us: Int64Array
+    waiting: BoolArray
+    first_left: IntpArray  # flat index of its first remaining stop, -1: none (from the plan)
+    n_left: IntpArray  # how many stops it has left
+    first_lon_rad: Float64Array  # that stop's lon, lat in radians and cos(lat)
+    first_lat_rad: Float64Array
+    first_cos_lat: Float64Array
+    # what an estimate needs, kept up to date where it is learned (see _learned)
+    per_m_us: Float64Array  # µs per metre: 1e6 * detour / speed
+    per_stop_us: Float64Array  # µs per stop: 1e6 * service_s
+    to_first_m: Float64Array  # haversine from the van to its first remaining stop
 
 
 @dataclass(slots=True)
 class _Stops:
-    """Per-route-stop state: visited, and at most one prediction per horizon bucket."""
+    """Per-route-stop state: visited, where it lies along the stops its van has left, and
+    its predictions: the newest slot's in ``cur_``, the slots it left in ``arch_``."""
 
     visited: BoolArray
-    has_pred: BoolArray  # (N, N_BUCKETS), as are the pred_ columns
-    pred_eta: Int64Array
-    pred_h: Int64Array
-    pred_lo: Int64Array
-    pred_hi: Int64Array
+    left_m: Float64Array  # haversines along the remaining stops from the first to this one
+    left_j: Float64Array  # remaining stops before this one on its route
+    cur_slot: Int8Array  # -1: no prediction; the cur_ columns hold the slot's first one
+    cur_tb: Int64Array  # the van's time t_k - _ROUND_BITS (see estimate); its raw horizon h
+    cur_h: Float64Array
+    cur_lo: Int64Array  # earliest, latest
+    cur_hi: Int64Array
+    arch_has: BoolArray  # (N, N_SLOTS), as are the arch_ columns
+    arch_tb: Int64Array
+    arch_h: Float64Array
+    arch_lo: Int64Array
+    arch_hi: Int64Array
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """What an estimate's rows are, cached while no arrival, reload or first fix changes it."""
+
+    rows: IntpArray | None  # flat stop index of each row; None: every stop of the plan
+    vans: IntpArray  # the vans with rows, in plan order
+    count: IntpArray  # their number of rows
+    last: IntpArray  # the row of each one's last stop (its largest horizon)
+    left_m: Float64Array  # per row, as in _Stops
+    left_j: Float64Array
+    vehicle_id: StrArray
+    stop_id: StrArray
 
 
 # column -> (dtype, value of a fresh row); unlisted columns are float64 NaN
 _COLUMNS: Final[dict[str, tuple[type[Any], Any]]] = {
     "last_ts": (np.int64, NO_TIME), "arrived_us": (np.int64, NO_TIME), "at_stop": (np.intp, -1),
     "odo_m": (np.float64, 0.0), "leg_odo_m": (np.float64, 0.0), "n_moving": (np.int64, 0),
-    "n_detour": (np.int64, 0), "n_service": (np.int64, 0), "visited": (np.bool_, False),
-    "has_pred": (np.bool_, False), "pred_eta": (np.int64, 0), "pred_h": (np.int64, 0),
-    "pred_lo": (np.int64, 0), "pred_hi": (np.int64, 0),
+    "n_detour": (np.int64, 0), "n_service": (np.int64, 0), "waiting": (np.bool_, True),
+    "first_left": (np.intp, -1), "n_left": (np.intp, 0), "visited": (np.bool_, False),
+    "left_m": (np.float64, 0.0), "left_j": (np.float64, 0.0), "cur_slot": (np.int8, -1),
+    "cur_tb": (np.int64, 0), "cur_h": (np.float64, 0.0), "cur_lo": (np.int64, 0),
+    "cur_hi": (np.int64, 0), "arch_has": (np.bool_, False), "arch_tb": (np.int64, 0),
+    "arch_h": (np.float64, 0.0), "arch_lo": (np.int64, 0), "arch_hi": (np.int64, 0),
 }  # fmt: skip
 
 
@@ -236,9 +312,10 @@ def _take(cls: type[Any], old: Any, old_index: IntpArray) -> Any:
     keep = old_index >= 0
     for f in fields(cls):
         dtype, fill = _COLUMNS.get(f.name, (np.float64, np.nan))
-        width = (N_BUCKETS,) if f.name.startswith(("pred_", "has_pred")) else ()
-        a = np.full((len(old_index), *width), fill, dtype)
-        if old is not None:
+        width = (N_SLOTS,) if f.name.startswith("arch_") else ()  # fill 0 or False
+        shape = (len(old_index), *width)
+        a = np.zeros(shape, dtype) if width else np.full(shape, fill, dtype)  # zeros: lazy
+        if old is not None and keep.any():
             a[keep] = getattr(old, f.name)[old_index[keep]]
         out[f.name] = a
     return cls(**out)
@@ -262,6 +339,19 @@ def _ewma(x: float, sample: float, alpha: float) -> float:
     return sample if math.isnan(x) else x + alpha * (sample - x)
 
 
+def _along(lon: Float64Array, lat: Float64Array, starts: IntpArray) -> Float64Array:
+    """Cumulative haversine along consecutive points, restarting at 0 at each start (one
+    cumsum per run, so no run inherits the rounding of the runs before it)."""
+    leg = np.zeros(len(lon))
+    if len(lon) > 1:
+        leg[1:] = haversine_m(lon[:-1], lat[:-1], lon[1:], lat[1:])
+    leg[starts] = 0.0
+    bounds = [*starts.tolist(), len(lon)]
+    for a, b in pairwise(bounds):
+        np.cumsum(leg[a:b], out=leg[a:b])
+    return leg
+
+
 class EtaEstimator:
     """ETAs of every remaining stop of every van; see the module docstring for the rules."""
 
@@ -271,20 +361,23 @@ class EtaEstimator:
                  recent_weight: float = 0.5, learn_alpha: float = 0.2,
                  min_moving_mps: float = 1.0, min_leg_m: float = 100.0,
                  max_service_s: float = 1800.0, window_prior: tuple[float, float] = (-0.15, 0.25),
+                 waiting_prior: tuple[float, float] = (-0.15, 3.0), median_correction: bool = True,
                  confidence_prior: float = 0.8, window_prior_samples: int = 30,
                  window_history: int = 500, min_half_width_s: float = 120.0,
-                 horizon_floor_s: float = 60.0) -> None:  # fmt: skip
+                 horizon_floor_s: float = 60.0, hub_radius_m: float = 500.0) -> None:  # fmt: skip
         limits = (detour_prior - 1, speed_prior_mps, service_prior_s, min_moving_mps, min_leg_m,
-                  max_service_s, min_half_width_s, horizon_floor_s)  # fmt: skip
+                  max_service_s, min_half_width_s, horizon_floor_s, hub_radius_m)  # fmt: skip
         if not all(math.isfinite(x) and x >= 0 for x in limits):
             raise ValueError("priors and limits must be finite, detour_prior >= 1, others >= 0")
         if min(speed_prior_mps, min_moving_mps, min_leg_m, max_service_s, horizon_floor_s) <= 0:
             raise ValueError("speed_prior_mps and the limits but min_half_width_s must be > 0")
         if not all(0 < a <= 1 for a in (speed_alpha, history_alpha, learn_alpha)):
             raise ValueError("the EWMA alphas must be in (0, 1]")
-        if not (0 <= recent_weight <= 1 and 0 <= confidence_prior <= 1
-                and window_prior[0] <= window_prior[1] and all(map(math.isfinite, window_prior))):
-            raise ValueError("need recent_weight, confidence_prior in [0, 1], window_prior ordered")
+        if not (0 <= recent_weight <= 1 and 0 <= confidence_prior <= 1):
+            raise ValueError("recent_weight and confidence_prior must be in [0, 1]")
+        for prior in (window_prior, waiting_prior):
+            if not (len(prior) == 2 and all(map(math.isfinite, prior)) and prior[0] <= prior[1]):
+                raise ValueError("window_prior and waiting_prior must be finite (lo, hi), lo <= hi")
         if min(prior_samples, window_prior_samples, window_history) < 1:
             raise ValueError("prior_samples, window_prior_samples, window_history must be >= 1")
         self.detour_prior, self.speed_prior_mps = float(detour_prior), float(speed_prior_mps)
@@ -294,12 +387,20 @@ class EtaEstimator:
         self.min_moving_mps, self.min_leg_m = float(min_moving_mps), float(min_leg_m)
         self.max_service_s = float(max_service_s)
         self.window_prior = (float(window_prior[0]), float(window_prior[1]))
+        self.waiting_prior = (float(waiting_prior[0]), float(waiting_prior[1]))
+        self.median_correction = bool(median_correction)
         self.confidence_prior = float(confidence_prior)
         self.window_prior_samples = int(window_prior_samples)
         self.min_half_width_us = round(min_half_width_s * S_US)
         self.horizon_floor_us = round(horizon_floor_s * S_US)
-        self._err = [deque[float](maxlen=window_history) for _ in range(N_BUCKETS)]
-        self._hit = [deque[bool](maxlen=window_history) for _ in range(N_BUCKETS)]
+        self.hub_radius_m = float(hub_radius_m)
+        self._err = [deque[float](maxlen=window_history) for _ in range(N_SLOTS)]
+        self._hit = [deque[bool](maxlen=window_history) for _ in range(N_SLOTS)]
+        self._table: Float64Array | None = None  # the window per slot, see _window
+        self._q = np.zeros((N_SLOTS, 3))  # lo, m, hi per slot, with _table
+        self._flat_mid, self._clamp_t, self._short_us, self._f_max = True, False, 0.0, 0.0
+        self._rows: _Rows | None = None
+        self._window()  # the priors' table; rebuilt when a score changes a history
         self._vans: _Vans = _take(_Vans, None, np.empty(0, np.intp))
         self._stops: _Stops = _take(_Stops, None, np.empty(0, np.intp))
         self._van_index: dict[str, int] = {}
@@ -319,14 +420,49 @@ class EtaEstimator:
         van_map = np.array([old_van.get(v, -1) for v in vids], np.intp)
         stop_map = np.array([old_stop.get(key, -1) for key in stop_index], np.intp)
         vans: _Vans = _take(_Vans, self._vans, van_map)
-        self._stops = _take(_Stops, self._stops, stop_map)
+        stops: _Stops = _take(_Stops, self._stops, stop_map)
         new_of_old = np.full(len(old_stop) + 1, -1, np.intp)  # [-1] stays -1
         new_of_old[stop_map[stop_map >= 0]] = np.flatnonzero(stop_map >= 0)
         vans.at_stop = new_of_old[vans.at_stop]
         vans.arrived_us[vans.at_stop < 0] = NO_TIME
-        self._vans, self._plan, self._van_of_stop = vans, plan, van_of_stop
+        away = haversine_m(vans.lon, vans.lat, plan.hub_lon_deg, plan.hub_lat_deg)
+        vans.waiting |= ~(away > self.hub_radius_m)  # at its hub (or no fix): a new tour
+        self._vans, self._stops, self._plan, self._van_of_stop = vans, stops, plan, van_of_stop
+        self._vehicle_of_stop: StrArray = _readonly(plan.vehicle_ids[van_of_stop])
         self._van_index = {v: k for k, v in enumerate(vids)}
         self._stop_index = stop_index
+        left = np.flatnonzero(~stops.visited)
+        k = van_of_stop[left]
+        vans.first_left[:], vans.n_left[:] = -1, 0
+        starts, _, n = _runs(k)
+        stops.left_m[left] = _along(plan.stop_lon_deg[left], plan.stop_lat_deg[left], starts)
+        stops.left_j[left] = np.arange(len(left)) - np.repeat(starts, n)
+        vans.first_left[k[starts]], vans.n_left[k[starts]] = left[starts], n
+        self._set_first(k[starts])
+        self._learned(slice(None))
+        self._to_first(slice(None))
+        self._rows = None
+
+    def _set_first(self, k: IntpArray | int) -> None:
+        v = self._vans
+        i = v.first_left[k]
+        lon, lat = self._plan.stop_lon_deg[i], self._plan.stop_lat_deg[i]
+        v.first_lon_rad[k], v.first_lat_rad[k] = np.radians(lon), np.radians(lat)
+        v.first_cos_lat[k] = np.cos(v.first_lat_rad[k])
+
+    def _refresh_route(self, k: int) -> None:
+        """The distances along van ``k``'s remaining stops, after it visited some."""
+        s, v, plan = self._stops, self._vans, self._plan
+        lo = int(plan.offsets[k])
+        left = lo + np.flatnonzero(~s.visited[lo:int(plan.offsets[k + 1])])
+        v.n_left[k], v.first_left[k] = len(left), left[0] if len(left) else -1
+        if len(left):
+            self._set_first(k)
+            self._to_first(k)
+        s.left_m[left] = _along(plan.stop_lon_deg[left], plan.stop_lat_deg[left],
+                                np.zeros(min(len(left), 1), np.intp))  # fmt: skip
+        s.left_j[left] = np.arange(len(left))
+        self._rows = None
 
     # ------------------------------------------------------------------ observations
 
@@ -359,8 +495,11 @@ class EtaEstimator:
         step = haversine_m(prev_lon, prev_lat, lon, lat)
         np.add.at(v.odo_m, van, np.where(np.isnan(step), 0.0, step))
         vs = van[ends]
+        if (v.last_ts[vs] == NO_TIME).any():
+            self._rows = None  # a van's first fix: it gets rows
         v.last_ts[vs], v.lon[vs], v.lat[vs] = ts[ends], lon[ends], lat[ends]
         v.last_speed[vs] = spd[ends]
+        self._to_first(vs)
 
         moving = np.flatnonzero(spd >= self.min_moving_mps)  # NaN: not moving
         if len(moving) == 0:
@@ -376,20 +515,29 @@ class EtaEstimator:
             acc = np.bincount(group, alpha * (1 - alpha) ** from_end * mx, len(ms))
             ewma[mvans] = (1 - alpha) ** count * x0 + acc
         v.n_moving[mvans] += count
+        self._learned(mvans)
 
-    def observe_arrival(self, vehicle_id: str, stop_id: str, ts_us: int) -> None:
-        """The van entered one of its route stops (see the module docstring)."""
-        i = self._stop_index.get((vehicle_id, stop_id))
+    def observe_arrival(self, vehicle_id: str, stop_id: str, ts_us: int, *,
+                        hub: bool = False) -> None:  # fmt: skip
+        """The van entered one of its route stops, or its hub with ``hub=True`` (``stop_id``
+        unused); see the module docstring."""
         v, s = self._vans, self._stops
+        if hub:
+            kh = self._van_index.get(vehicle_id)
+            if kh is not None:
+                v.waiting[kh], v.at_stop[kh], v.arrived_us[kh] = True, -1, NO_TIME
+                v.leg_lon[kh] = v.leg_lat[kh] = np.nan
+            return
+        i = self._stop_index.get((vehicle_id, stop_id))
         if i is None or s.visited[i]:
             return
         k = int(self._van_of_stop[i])
-        for b in np.flatnonzero(s.has_pred[i]).tolist():
-            self._err[b].append(float((ts_us - int(s.pred_eta[i, b])) / int(s.pred_h[i, b])))
-            self._hit[b].append(bool(s.pred_lo[i, b] <= ts_us <= s.pred_hi[i, b]))
+        self._score(i, ts_us)
         first = int(self._plan.offsets[k])
         s.visited[first:i + 1] = True
-        s.has_pred[first:i + 1] = False
+        s.cur_slot[first:i + 1] = -1
+        s.arch_has[first:i + 1] = False
+        self._refresh_route(k)
         if not math.isnan(v.leg_lon[k]):
             lon, lat = self._plan.stop_lon_deg[i], self._plan.stop_lat_deg[i]
             d = float(haversine_m(v.leg_lon[k], v.leg_lat[k], lon, lat))
@@ -397,8 +545,9 @@ class EtaEstimator:
                 sample = min(max((float(v.odo_m[k]) - float(v.leg_odo_m[k])) / d, 1.0), 3.0)
                 v.detour[k] = _ewma(float(v.detour[k]), sample, self.learn_alpha)
                 v.n_detour[k] += 1
+                self._learned(k)
         v.leg_lon[k] = v.leg_lat[k] = np.nan
-        v.at_stop[k], v.arrived_us[k] = i, ts_us
+        v.at_stop[k], v.arrived_us[k], v.waiting[k] = i, ts_us, False
 
     def observe_departure(self, vehicle_id: str, stop_id: str, ts_us: int, *,
                           hub: bool = False) -> None:  # fmt: skip
@@ -409,6 +558,7 @@ class EtaEstimator:
         v, plan = self._vans, self._plan
         if hub:
             lon, lat = plan.hub_lon_deg[k], plan.hub_lat_deg[k]
+            v.waiting[k] = False
         else:
             i = self._stop_index.get((vehicle_id, stop_id))
             if i is None:
@@ -418,79 +568,228 @@ class EtaEstimator:
                 sample = min((ts_us - int(v.arrived_us[k])) / S_US, self.max_service_s)
                 v.service_s[k] = _ewma(float(v.service_s[k]), sample, self.learn_alpha)
                 v.n_service[k] += 1
+                self._learned(k)
                 v.at_stop[k], v.arrived_us[k] = -1, NO_TIME
         v.leg_lon[k], v.leg_lat[k], v.leg_odo_m[k] = lon, lat, v.odo_m[k]
+
+    def waiting(self) -> BoolArray:
+        """Per van of the plan (in its order): is it waiting at its hub (see the rules)?"""
+        out: BoolArray = self._vans.waiting.copy()
+        return out
 
     # ------------------------------------------------------------------ answers
 
     def estimate(self, now_us: int | None = None) -> Etas:
         """ETA and window of every remaining stop of every van with a fix; records them."""
-        rows, k, t, cum, before = self._remaining(now_us)
-        v, s = self._vans, self._stops
-        speed = _blend(v.n_moving, self.recent_weight * v.recent_mps
-                       + (1 - self.recent_weight) * v.history_mps,
-                       self.speed_prior_mps, self.prior_samples)  # fmt: skip
-        detour = _blend(v.n_detour, v.detour, self.detour_prior, self.prior_samples)
-        service = _blend(v.n_service, v.service_s, self.service_prior_s, self.prior_samples)
-        travel_s = cum * detour[k] / speed[k] + before * service[k]
-        eta = t + np.rint(travel_s * S_US).astype(np.int64)
-        h = eta - t
-        bucket = np.searchsorted(_EDGES_US, h, side="right")
-        big_h = np.maximum(h, self.horizon_floor_us)
-        q_lo, q_hi, conf = self._window()
+        r = self._current_rows()
+        n = len(r.left_m)
+        if n == 0:
+            none = np.empty(0, np.int64)
+            return self._answer(r, none, none, none, np.empty(0))
+        count = r.count
+        v = self._vans
+        k = r.vans if len(r.vans) < len(v.last_ts) else slice(None)  # every van: no copies
+        t = v.last_ts[k] if now_us is None else np.maximum(v.last_ts[k], now_us)
+        per_m, per_stop, waiting = v.per_m_us[k], v.per_stop_us[k], v.waiting[k]
+        # the raw horizon h, per row: (to_first + left_m) * per_m + left_j * per_stop
+        h = np.repeat(per_m, count)
+        h *= r.left_m
+        service = np.repeat(per_stop, count)
+        service *= r.left_j
+        h += service
+        del service
+        h += np.repeat(v.to_first_m[k] * per_m, count)
+        slot = (h >= _EDGES_US[0]).view(np.int8)
+        for edge in _EDGES_US[1:]:
+            slot += (h >= edge).view(np.int8)
+        if waiting.all():
+            slot += N_BUCKETS
+        elif waiting.any():
+            slot += np.repeat(waiting.view(np.int8) * np.int8(N_BUCKETS), count)
+        index = slot.astype(np.intp)
+        table = self._window()
+        # once H = h, t + round(h + q * H) = t + round((1 + q) * h); x + _ROUND read as
+        # int64 is _ROUND_BITS + rint(x), so t_row holds t - _ROUND_BITS
+        t_row = np.repeat(t - _ROUND_BITS, count)
+        eta = self._column(None if self._flat_mid else table[_F_MID], index, h, t_row)
+        earliest = self._column(table[_F_LO], index, h, t_row)
+        latest = self._column(table[_F_HI], index, h, t_row)
+        confidence = np.take(table[_CONF], index)
         half = self.min_half_width_us
-        lo_off = np.rint(q_lo[bucket] * big_h).astype(np.int64)
-        hi_off = np.rint(q_hi[bucket] * big_h).astype(np.int64)
-        earliest = np.maximum(t, np.minimum(eta + lo_off, eta - half))
-        latest = np.maximum(eta + hi_off, eta + half)
-        new = ~s.has_pred[rows, bucket]
-        r, b = rows[new], bucket[new]
-        s.has_pred[r, b] = True
-        s.pred_eta[r, b], s.pred_h[r, b] = eta[new], big_h[new]
-        s.pred_lo[r, b], s.pred_hi[r, b] = earliest[new], latest[new]
-        return Etas(self._plan.vehicle_ids[k], self._plan.stop_ids[rows], eta, earliest,
-                    latest, conf[bucket])  # fmt: skip
+        if half:
+            bound = eta - half
+            np.minimum(earliest, bound, out=earliest)
+            np.add(eta, half, out=bound)
+            np.maximum(latest, bound, out=latest)
+        if self._clamp_t:  # a quantile below -1: earliest or eta could fall before t
+            t_us = t_row + _ROUND_BITS
+            np.maximum(eta, t_us, out=eta)
+            np.maximum(earliest, t_us, out=earliest)
+        if float(h[r.last].max()) * self._f_max < 2.0**50:  # the _ROUND trick holds
+            short = np.flatnonzero(h < self._short_us)
+        else:  # absurd horizons
+            short = np.arange(n)
+        if len(short):  # h < horizon_floor, or eta - half before t: the rules as written
+            self._exact(short, h, index, t_row, eta, earliest, latest)
+        self._record(r, slot, t_row, h, earliest, latest)
+        return self._answer(r, eta, earliest, latest, confidence)
+
+    @staticmethod
+    def _column(factor: Float64Array | None, index: IntpArray, h: Float64Array,
+                t_row: Int64Array) -> Int64Array:  # fmt: skip
+        """t + round(factor[index] * h) per row (factor None: 1), in one new array."""
+        if factor is None:
+            y = h + _ROUND
+        else:
+            y = np.take(factor, index)
+            y *= h
+            y += _ROUND
+        out: Int64Array = y.view(np.int64)
+        out += t_row
+        return out
 
     def naive(self, now_us: int | None = None) -> Etas:
         """Baseline: remaining straight-line distance / the last fix's speed (>= 1 m/s)."""
-        rows, k, t, cum, _ = self._remaining(now_us)
-        speed = np.fmax(self._vans.last_speed[k], 1.0)  # fmax: NaN gives 1
-        eta = t + np.rint(cum / speed * S_US).astype(np.int64)
-        return Etas(self._plan.vehicle_ids[k], self._plan.stop_ids[rows], eta, eta.copy(),
-                    eta.copy(), np.zeros(len(eta)))  # fmt: skip
+        r = self._current_rows()
+        v, k = self._vans, r.vans
+        t = v.last_ts[k] if now_us is None else np.maximum(v.last_ts[k], now_us)
+        per_m = S_US / np.fmax(v.last_speed[k], 1.0)  # fmax: NaN gives 1
+        cum = r.left_m + np.repeat(v.to_first_m[k], r.count)
+        eta = np.repeat(t, r.count) + np.rint(cum * np.repeat(per_m, r.count)).astype(np.int64)
+        return self._answer(r, eta, eta.copy(), eta.copy(), np.zeros(len(eta)))
 
     # ------------------------------------------------------------------ internals
 
-    def _remaining(self, now_us: int | None) -> tuple[IntpArray, IntpArray, Int64Array,
-                                                      Float64Array, Int64Array]:  # fmt: skip
-        """Remaining rows, their van, van time, cumulative distance, remaining stops before."""
-        v, plan = self._vans, self._plan
-        known = v.last_ts != NO_TIME
-        rows = np.flatnonzero(~self._stops.visited & known[self._van_of_stop])
-        k = self._van_of_stop[rows]
-        t = v.last_ts[k] if now_us is None else np.maximum(v.last_ts[k], now_us)
-        starts, group, _ = _runs(k)
-        lon, lat = plan.stop_lon_deg[rows], plan.stop_lat_deg[rows]
-        prev_lon, prev_lat = np.roll(lon, 1), np.roll(lat, 1)
-        prev_lon[starts], prev_lat[starts] = v.lon[k[starts]], v.lat[k[starts]]
-        leg = haversine_m(prev_lon, prev_lat, lon, lat)
-        total = np.cumsum(leg)
-        cum = total - (total - leg)[starts][group]  # cumsum with a reset at each van
-        before = np.arange(len(rows), dtype=np.int64) - starts[group]
-        return rows, k, t, cum, before
+    def _answer(self, r: _Rows, eta: Int64Array, earliest: Int64Array, latest: Int64Array,
+                confidence: Float64Array) -> Etas:  # fmt: skip
+        for a in (eta, earliest, latest, confidence):
+            a.flags.writeable = False  # the estimator may keep them (see _record)
+        return Etas(r.vehicle_id, r.stop_id, eta, earliest, latest, confidence)
 
-    def _window(self) -> tuple[Float64Array, Float64Array, Float64Array]:
-        """Per bucket: q_lo, q_hi and confidence (a loop over the 5 buckets)."""
-        out = np.empty((3, N_BUCKETS))
-        lo0, hi0 = self.window_prior
-        for b in range(N_BUCKETS):
+    def _current_rows(self) -> _Rows:
+        """The rows of an estimate: every remaining stop of every van with a fix."""
+        if self._rows is not None:
+            return self._rows
+        v, s, plan = self._vans, self._stops, self._plan
+        has = (v.last_ts != NO_TIME) & (v.n_left > 0)
+        vans = np.flatnonzero(has)
+        count = v.n_left[vans]
+        if int(count.sum()) == len(s.visited):  # every stop of the plan is a row
+            rows = None
+            left_m, left_j = s.left_m, s.left_j
+            vid, sid = self._vehicle_of_stop, plan.stop_ids
+        else:
+            rows = np.flatnonzero(~s.visited & has[self._van_of_stop])
+            left_m, left_j = s.left_m[rows], s.left_j[rows]
+            vid = _readonly(self._vehicle_of_stop[rows])
+            sid = _readonly(plan.stop_ids[rows])
+        self._rows = _Rows(rows, vans, count, np.cumsum(count) - 1, left_m, left_j, vid, sid)
+        return self._rows
+
+    def _learned(self, k: IntpArray | slice | int) -> None:
+        """Vans ``k``'s µs per metre and per stop, after what they learned changed."""
+        v, rw, ps = self._vans, self.recent_weight, self.prior_samples
+        speed = _blend(v.n_moving[k], rw * v.recent_mps[k] + (1 - rw) * v.history_mps[k],
+                       self.speed_prior_mps, ps)  # fmt: skip
+        v.per_m_us[k] = S_US * _blend(v.n_detour[k], v.detour[k], self.detour_prior, ps) / speed
+        v.per_stop_us[k] = S_US * _blend(v.n_service[k], v.service_s[k], self.service_prior_s,
+                                         ps)  # fmt: skip
+
+    def _to_first(self, k: IntpArray | slice | int) -> None:
+        """geo.fences.haversine_m from vans ``k`` to their first remaining stops, after a
+        fix or an arrival moved either."""
+        v = self._vans
+        lon, lat = np.radians(v.lon[k]), np.radians(v.lat[k])
+        h = np.sin((v.first_lat_rad[k] - lat) / 2.0) ** 2
+        h += np.cos(lat) * v.first_cos_lat[k] * np.sin((v.first_lon_rad[k] - lon) / 2.0) ** 2
+        v.to_first_m[k] = 2.0 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+
+    def _exact(self, rows: IntpArray, h: Float64Array, index: IntpArray, t_row: Int64Array,
+              eta: Int64Array, earliest: Int64Array, latest: Int64Array) -> None:  # fmt: skip
+        """The window's rules, as written, on the rows ``rows``."""
+        hn = h[rows]
+        big_h = np.maximum(hn, self.horizon_floor_us)
+        q = np.take(self._q, index[rows], axis=0)
+        half = self.min_half_width_us
+        e = np.maximum(np.rint(hn + q[:, 1] * big_h), 0.0)
+        lo = np.maximum(np.minimum(np.rint(hn + q[:, 0] * big_h), e - half), 0.0)
+        hi = np.maximum(np.rint(hn + q[:, 2] * big_h), e + half)
+        t = t_row[rows] + _ROUND_BITS
+        eta[rows] = t + e.astype(np.int64)
+        earliest[rows] = t + lo.astype(np.int64)
+        latest[rows] = t + hi.astype(np.int64)
+
+    def _record(self, r: _Rows, slot: Int8Array, t_row: Int64Array, h: Float64Array,
+                earliest: Int64Array, latest: Int64Array) -> None:  # fmt: skip
+        """Keep each row's prediction when its stop entered a new slot (by reference when
+        every stop is new: the answer's columns are read-only)."""
+        s = self._stops
+        if r.rows is None and s.cur_slot.max() < 0:  # every stop, none with a prediction
+            s.cur_slot, s.cur_tb, s.cur_h, s.cur_lo, s.cur_hi = slot, t_row, h, earliest, latest
+            return
+        old = s.cur_slot if r.rows is None else s.cur_slot[r.rows]
+        changed = slot != old
+        if not changed.any():
+            return
+        at = np.flatnonzero(changed)
+        stop = at if r.rows is None else r.rows[at]
+        was = old[at]
+        prev = stop * N_SLOTS + was
+        keep = (was >= 0) & ~s.arch_has.reshape(-1)[np.where(was >= 0, prev, 0)]
+        if keep.any():  # the slot it leaves: archived, unless it already has its first
+            ks, kp = stop[keep], prev[keep]
+            s.arch_has.reshape(-1)[kp] = True
+            s.arch_tb.reshape(-1)[kp], s.arch_h.reshape(-1)[kp] = s.cur_tb[ks], s.cur_h[ks]
+            s.arch_lo.reshape(-1)[kp], s.arch_hi.reshape(-1)[kp] = s.cur_lo[ks], s.cur_hi[ks]
+        for name in ("cur_slot", "cur_tb", "cur_h", "cur_lo", "cur_hi"):
+            if not getattr(s, name).flags.writeable:  # an answer's column: copy on write
+                setattr(s, name, getattr(s, name).copy())
+        s.cur_slot[stop], s.cur_tb[stop], s.cur_h[stop] = slot[at], t_row[at], h[at]
+        s.cur_lo[stop], s.cur_hi[stop] = earliest[at], latest[at]
+
+    def _score(self, i: int, a_us: int) -> None:
+        """Score stop ``i``'s predictions against its arrival at ``a_us``."""
+        s = self._stops
+        preds = [(b, int(s.arch_tb[i, b]), float(s.arch_h[i, b]), int(s.arch_lo[i, b]),
+                  int(s.arch_hi[i, b])) for b in np.flatnonzero(s.arch_has[i]).tolist()]
+        b = int(s.cur_slot[i])
+        if b >= 0 and not s.arch_has[i, b]:
+            preds.append((b, int(s.cur_tb[i]), float(s.cur_h[i]), int(s.cur_lo[i]),
+                          int(s.cur_hi[i])))  # fmt: skip
+        for b, tb, h, lo, hi in preds:
+            big_h = max(h, self.horizon_floor_us)
+            self._err[b].append((a_us - (tb + _ROUND_BITS) - h) / big_h)
+            self._hit[b].append(lo <= a_us <= hi)
+        if preds:
+            self._table = None
+
+    def _window(self) -> Float64Array:
+        """Per slot (column): 1 + lo, 1 + m, 1 + hi and the confidence (lo, m, hi per slot,
+        row, in ``_q``)."""
+        if self._table is not None:
+            return self._table
+        q: list[list[float]] = []
+        for b in range(N_SLOTS):
+            lo0, hi0 = self.waiting_prior if b >= N_BUCKETS else self.window_prior
             n = len(self._err[b])
             w = min(n / self.window_prior_samples, 1.0)
+            p10 = p50 = p90 = share = 0.0
             if n:
-                p_lo, p_hi = np.percentile(np.fromiter(self._err[b], np.float64, n), (10, 90))
+                p10, p50, p90 = np.percentile(np.fromiter(self._err[b], np.float64, n),
+                                              (10, 50, 90)).tolist()  # fmt: skip
                 share = sum(self._hit[b]) / n
-            else:
-                p_lo = p_hi = share = 0.0
-            out[:, b] = (w * p_lo + (1 - w) * lo0, w * p_hi + (1 - w) * hi0,
-                         w * share + (1 - w) * self.confidence_prior)  # fmt: skip
-        return out[0], out[1], out[2]
+            q.append([w * p10 + (1 - w) * lo0, w * p50 if self.median_correction else 0.0,
+                      w * p90 + (1 - w) * hi0, w * share + (1 - w) * self.confidence_prior])
+        for b in range(N_BUCKETS):  # a waiting van may leave now, and is predicted so
+            q[N_BUCKETS + b][0] = min(q[N_BUCKETS + b][0], q[b][0])
+            q[N_BUCKETS + b][1] = 0.0
+        self._table = np.array([[1 + x[0] for x in q], [1 + x[1] for x in q],
+                                [1 + x[2] for x in q], [x[3] for x in q]])  # fmt: skip
+        self._q = np.array([x[:3] for x in q])
+        self._flat_mid = all(x[1] == 0 for x in q)  # no correction anywhere: eta = t + h
+        self._f_max = max(abs(1 + x[i]) for x in q for i in range(3))
+        m_min = min(x[1] for x in q)
+        self._clamp_t = m_min < -1 or min(x[0] for x in q) < -1
+        self._short_us = (max(float(self.horizon_floor_us), self.min_half_width_us / (1 + m_min))
+                          if m_min > -1 else math.inf)  # fmt: skip
+        return self._table

@@ -326,7 +326,8 @@ class ParcelStage:
         ts, stop_kind = int(g.ts_us[i]), plan.stop_kind.get(stop)
         ev = ParcelEvents()
         if kind == "enter":
-            self.eta.observe_arrival(vehicle, stop, ts)
+            home = stop_kind == "hub" and plan.hubs.get(vehicle) == stop
+            self.eta.observe_arrival(vehicle, stop, ts, hub=home)  # home: waiting again
             if stop_kind == "hub":
                 self.book.arrived_hub(vehicle)
         elif kind == "exit":
