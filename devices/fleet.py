@@ -16,6 +16,7 @@ from devices.records import US_PER_S
 
 _EPC = re.compile(r"^(?:[0-9A-Fa-f]{2}){2,62}$")
 _TRACKING = re.compile(r"^[A-Za-z0-9-]{6,40}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # a NUL cannot even be stored
 MAX_EPCS = 10_000
 
 
@@ -94,8 +95,10 @@ def decode_pod(payload: bytes) -> ProofOfDelivery:
     extra = {}
     for key in ("reason", "photo_url", "signed_by"):
         v = doc.get(key)
-        if v is not None and (not isinstance(v, str) or len(v) > 2000):
-            raise FieldError(f"{key!r} must be a string of at most 2000 characters")
+        if v is not None and (not isinstance(v, str) or len(v) > 2000
+                              or _CONTROL.search(v)):  # fmt: skip
+            raise FieldError(f"{key!r} must be a string of at most 2000 characters, without"
+                             " control characters")
         extra[key] = v
     return ProofOfDelivery(parse_ts_us(doc.get("ts")), number, outcome, **extra)
 

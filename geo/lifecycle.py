@@ -213,8 +213,10 @@ class ParcelBook:
                           for v, items in self._removals.items()}  # fmt: skip
 
     def seed(self, tracking_number: str, status: str, sub_status: str | None,
-             vehicle_id: str | None, time_us: int) -> None:  # fmt: skip
-        """Restore a parcel's state from ``parcel_latest`` after a restart."""
+             vehicle_id: str | None, time_us: int, late: bool = False,
+             cold: bool = False) -> None:  # fmt: skip
+        """Restore a parcel's state from ``parcel_latest`` after a restart; ``late`` and
+        ``cold``: whether it was ever flagged so (they fire once per parcel)."""
         i = self._by_tracking.get(tracking_number)
         if i is None or status not in STATUSES:
             return
@@ -224,8 +226,8 @@ class ParcelBook:
         self.vehicle[i] = self._van(vehicle_id) if vehicle_id else -1
         self.out[i] = code in (OUT, ATTEMPT) or (code == EXCEPTION and vehicle_id is not None
                                                  and sub_status not in (MISLOAD, UNBOUND))
-        self.late[i] = sub_status == LATE
-        self.cold[i] = sub_status == COLD_CHAIN
+        self.late[i] = late or sub_status == LATE
+        self.cold[i] = cold or sub_status == COLD_CHAIN
         self.confidence[i] = 0.5 if vehicle_id else 0.0
         self.time_us[i] = time_us
 
@@ -431,17 +433,19 @@ class ParcelBook:
         self._emit(ev, idx, np.full(len(idx), ts_us), EXCEPTION, COLD_CHAIN, {"temp_c": temp_c})
         return ev
 
-    def eta(self, parcel: ArrayLike, ts_us: int, earliest_us: ArrayLike) -> ParcelEvents:
+    def eta(self, parcel: ArrayLike, ts_us: ArrayLike, earliest_us: ArrayLike) -> ParcelEvents:
+        """ETA windows (``ts_us``: when each was made, its van's event time)."""
         p = np.asarray(parcel, dtype=np.intp).reshape(-1)
         e = np.asarray(earliest_us, dtype=np.int64).reshape(-1)
+        t = np.broadcast_to(np.asarray(ts_us, dtype=np.int64), p.shape)
         late = ((self.promised_us[p] != NO_TIME) & (e > self.promised_us[p]) & ~self.late[p]
                 & (self.status[p] != DELIVERED))  # fmt: skip
-        idx, over = p[late], e[late] - self.promised_us[p][late]
+        idx, over, when = p[late], e[late] - self.promised_us[p][late], t[late]
         self.late[idx] = True
         ev = ParcelEvents()
         late_by = {int(i): round(int(o) / S_US)
                    for i, o in zip(idx.tolist(), over.tolist(), strict=True)}
-        self._emit(ev, idx, np.full(len(idx), ts_us), EXCEPTION, LATE, {"evidence": "eta"},
+        self._emit(ev, idx, when, EXCEPTION, LATE, {"evidence": "eta"},
                    per_row=lambda i: {"late_by_s": late_by[i]})
         return ev
 

@@ -60,8 +60,8 @@ class Plan:
         return orjson.dumps([list(self.parcels.tracking_number), list(self.parcels.epc),
                              list(self.parcels.stop_id), list(self.parcels.promised_us),
                              list(self.parcels.temp_min_c), list(self.parcels.temp_max_c),
-                             self.routes, self.hubs, self.stop_kind, self.gate_dock,
-                             self.vehicle_epc])  # fmt: skip
+                             self.routes, self.hubs, self.stop_kind, self.stop_center,
+                             self.gate_dock, self.vehicle_epc])  # fmt: skip
 
 
 def geofence_center(geofence: dict[str, Any]) -> tuple[float, float]:
@@ -204,8 +204,10 @@ class ParcelStage:
         self.plan, self._plan_key = plan, key
         return True
 
-    def seed(self, rows: Sequence[tuple[str, str, str | None, str | None, int]]) -> None:
-        """Rows of parcel_latest (tracking, status, sub_status, vehicle_id, time_us)."""
+    def seed(self, rows: Sequence[tuple[str, str, str | None, str | None, int, bool, bool]]
+             ) -> None:  # fmt: skip
+        """Rows of parcel_latest (tracking, status, sub_status, vehicle_id, time_us) and
+        whether each parcel was ever late or out of its temperature range."""
         for row in rows:
             self.book.seed(*row)
 
@@ -410,9 +412,11 @@ class ParcelStage:
         keep = np.isin(etas.vehicle_id, np.array(sorted(due), dtype=np.str_))
         if not keep.any():
             return
-        self._apply_etas(etas, keep, int(newest.max()), out)
+        # each van's ETAs are stamped with its own event time, not another van's
+        self._apply_etas(etas, keep, dict(zip(vehicles, newest.tolist(), strict=True)), out)
 
-    def _apply_etas(self, etas: Etas, keep: np.ndarray, now_us: int, out: ParcelOutput) -> None:
+    def _apply_etas(self, etas: Etas, keep: np.ndarray, van_time: dict[str, int],
+                    out: ParcelOutput) -> None:  # fmt: skip
         b = self.book
         van_of = np.where(b.vehicle >= 0, b.vehicle, b.planned)
         van_name = np.array([b.vehicle_ids[v] if v >= 0 else "" for v in van_of.tolist()],
@@ -429,10 +433,13 @@ class ParcelStage:
         hit = key_e[order][pos] == key_p
         parcels, e = rows[hit], np.flatnonzero(keep)[order[pos[hit]]]
         eta_us = etas.eta_us[e]
-        out.events.extend(b.eta(parcels, now_us, etas.earliest_us[e]))
+        made = np.array([van_time.get(str(v), 0) for v in van_name[parcels].tolist()],
+                        dtype=np.int64)  # fmt: skip
+        out.events.extend(b.eta(parcels, made, etas.earliest_us[e]))
         moved = np.abs(eta_us - self._eta_last[parcels]) >= ETA_STEP_US
-        for p, k in zip(parcels[moved].tolist(), e[moved].tolist(), strict=True):
-            out.eta_rows.append((now_us, str(b.tracking_number[p]), int(etas.eta_us[k]),
+        for p, k, t in zip(parcels[moved].tolist(), e[moved].tolist(), made[moved].tolist(),
+                           strict=True):  # fmt: skip
+            out.eta_rows.append((t, str(b.tracking_number[p]), int(etas.eta_us[k]),
                                  int(etas.earliest_us[k]), int(etas.latest_us[k]),
                                  float(etas.confidence[k])))  # fmt: skip
         self._eta_last[parcels[moved]] = eta_us[moved]
@@ -441,14 +448,16 @@ class ParcelStage:
         """parcel_event rows for the events; parcel_latest rows for the parcels they moved."""
         ev = out.events
         self.events_total += len(ev)
+        # where each event's van was then: one lookup for all of them (a van leaving the
+        # hub moves a hundred parcels at once)
+        codes = self.track.code_of([v or "" for v in ev.vehicle_id])
+        xs, ys = self.track.position_at(codes,
+                                        np.asarray(ev.ts_us, dtype=np.int64))  # fmt: skip
         for k in range(len(ev)):
             vehicle, ts = ev.vehicle_id[k], ev.ts_us[k]
             lon = lat = None
-            code = self.track.code_of([vehicle])[0] if vehicle else -1
-            if code >= 0:
-                x, y = self.track.position_at([code], [ts])
-                if not math.isnan(x[0]):
-                    lon, lat = float(x[0]), float(y[0])
+            if codes[k] >= 0 and not math.isnan(xs[k]):
+                lon, lat = float(xs[k]), float(ys[k])
             out.event_rows.append((
                 ts, event_id(ev.tracking_number[k], ts, ev.status[k], ev.sub_status[k]),
                 ev.tracking_number[k], ev.status[k], ev.sub_status[k], vehicle, ev.stop_id[k],

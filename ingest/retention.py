@@ -9,8 +9,9 @@ Debian ships) has no retention policies, so ``milepost ingest`` drops old chunks
 
 A chunk goes once all of it is older than the limit (``drop_chunks`` never cuts a chunk),
 so rows live up to one chunk interval longer. 0 keeps a class for ever. The plain tables
-(the manifest, ``*_latest``, keys, webhooks) are not touched; delivered webhook outbox
-rows older than the events' limit are deleted.
+(the manifest, ``*_latest``, keys, webhooks) are not touched; webhook outbox rows
+delivered or given up before the events' limit, and processed ``pod_inbox`` rows older
+than the raw limit, are deleted.
 """
 
 from __future__ import annotations
@@ -52,8 +53,13 @@ async def apply(conn: psycopg.AsyncConnection, policy: Policy, now: datetime) ->
         row = await cur.fetchone()
         dropped[table] = int(row[0]) if row else 0
     if policy.events_days > 0:
-        await conn.execute("DELETE FROM webhook_outbox WHERE delivered_at < %s",
-                           (now - timedelta(days=policy.events_days),))
+        limit = now - timedelta(days=policy.events_days)
+        # delivered or given up: the delivery log keeps them as long as the events
+        await conn.execute("DELETE FROM webhook_outbox WHERE delivered_at < %s OR"
+                           " (next_attempt_at = 'infinity' AND created_at < %s)", (limit, limit))
+    if policy.raw_days > 0:
+        await conn.execute("DELETE FROM pod_inbox WHERE processed_at < %s",
+                           (now - timedelta(days=policy.raw_days),))
     return dropped
 
 
@@ -71,4 +77,6 @@ async def run(pool: AsyncConnectionPool, policy: Policy) -> None:
                     f"{n} chunks of {t}" for t, n in dropped.items() if n))
         except psycopg.OperationalError as exc:
             log.debug("retention skipped (%s)", exc)
+        except psycopg.Error as exc:  # say so and go on: retention must not stop ingest
+            log.error("retention failed: %s", exc)
         await asyncio.sleep(EVERY_S)

@@ -133,6 +133,7 @@ class Ingest:
         self.webhooks = WebhookSender(pool, allow_private=settings.webhook_allow_private)
         self._stops_key: object = None
         self._plan_ready = asyncio.Event()
+        self._inbox_taken: set[int] = set()  # pod_inbox rows handed to a batch not yet committed
         self._pool = pool
         self._health: dict[tuple[str, int], str] = {}
         self.mqtt = MqttSource(
@@ -154,6 +155,13 @@ class Ingest:
                 await self._with_db_retry(self._route, topic, payload, received, token)
         except DecodeError as exc:
             self._batch.add_dead(DeadLetter(received, topic, payload, str(exc)), token)
+        except (ArithmeticError, ValueError, TypeError, KeyError, IndexError) as exc:
+            # a decoder bug must not take ingest down (and the message back with it on
+            # every restart): the message is kept in dead_letter, with the error
+            log.exception("unexpected error decoding a message on %s", topic)
+            self._batch.add_dead(DeadLetter(received, topic, payload,
+                                            f"internal error: {type(exc).__name__}: {exc}"),
+                                 token)  # fmt: skip
         if self._batch.due():
             await self._close_batch()
         elif was_empty:
@@ -324,12 +332,17 @@ class Ingest:
                         "SELECT stop_id, kind, geofence, radius_m FROM stop ORDER BY stop_id")
                     rows = await cur.fetchall()
                     plan = await load_plan(conn)
-                    seed: list[tuple[str, str, str | None, str | None, int]] = []
+                    seed: list[tuple[str, str, str | None, str | None, int, bool, bool]] = []
                     if not self._plan_ready.is_set():
                         cur = await conn.execute(
-                            "SELECT tracking_number, status, sub_status, vehicle_id, time"
-                            " FROM parcel_latest")  # fmt: skip
-                        seed = [(*r[:4], datetime_to_us(r[4])) for r in await cur.fetchall()]
+                            "SELECT l.tracking_number, l.status, l.sub_status, l.vehicle_id,"
+                            " l.time, EXISTS (SELECT FROM parcel_event e WHERE e.tracking_number"
+                            " = l.tracking_number AND e.sub_status = 'Exception_LATE'),"
+                            " EXISTS (SELECT FROM parcel_event e WHERE e.tracking_number"
+                            " = l.tracking_number AND e.sub_status = 'Exception_COLD_CHAIN')"
+                            " FROM parcel_latest l")  # fmt: skip
+                        seed = [(*r[:4], datetime_to_us(r[4]), r[5], r[6])
+                                for r in await cur.fetchall()]  # fmt: skip
                 key = tuple((r[0], r[1], orjson.dumps(r[2]), r[3]) for r in rows)
                 if key != self._stops_key:
                     columns: list[tuple[Any, ...]] = (list(zip(*rows, strict=True)) if rows
@@ -376,21 +389,26 @@ class Ingest:
         """Proofs of delivery posted to the API (``pod_inbox``): into the open batch, and
         marked processed by the transaction that writes what they caused. A restart reads
         again whatever was not marked, so each is applied once."""
-        last = 0
         while True:
             await asyncio.sleep(1.0)
             try:
                 async with self._pool.connection() as conn:
+                    # not a high-water mark: ids commit out of order under concurrent posts
                     cur = await conn.execute(
                         "SELECT pod_id, vehicle_id, payload FROM pod_inbox"
-                        " WHERE processed_at IS NULL AND pod_id > %s ORDER BY pod_id LIMIT 500",
-                        (last,))  # fmt: skip
+                        " WHERE processed_at IS NULL AND NOT pod_id = ANY(%s)"
+                        " ORDER BY pod_id LIMIT 500", (list(self._inbox_taken),))  # fmt: skip
                     rows = await cur.fetchall()
+                    if self._inbox_taken:  # forget the ones whose batch has committed
+                        cur = await conn.execute(
+                            "SELECT pod_id FROM pod_inbox WHERE pod_id = ANY(%s)"
+                            " AND processed_at IS NOT NULL", (list(self._inbox_taken),))
+                        self._inbox_taken -= {r[0] for r in await cur.fetchall()}
             except psycopg.OperationalError as exc:
                 log.debug("cannot read pod_inbox (%s)", exc)
                 continue
             for pod_id, vehicle, payload in rows:
-                last = pod_id
+                self._inbox_taken.add(pod_id)
                 try:
                     pod = fleet.decode_pod(bytes(payload))
                 except DecodeError as exc:  # the API validated it; a newer decoder may not

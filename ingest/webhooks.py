@@ -17,8 +17,9 @@ and, when it names them, tracking numbers). :class:`WebhookSender` (a task of
 
 Event types: ``parcel.status`` (every parcel event), ``exception`` (parcel events with
 status ``Exception``), ``parcel.eta`` (an ETA window that moved by a minute or more).
-Bodies carry no van ids or positions: a customer's receiver sees what a customer key
-sees. Each type has its own event id (UUIDv5 of the parcel event's id and the type).
+Bodies carry no van ids or positions, and of an event's ``detail`` only
+:data:`PUBLIC_DETAIL`: a customer's receiver sees what a customer key sees. Each type
+has its own event id (UUIDv5 of the parcel event's id and the type).
 
 URLs on loopback, private, link-local or reserved addresses are refused when a
 subscription is made and again before every delivery (a name may resolve elsewhere
@@ -67,6 +68,18 @@ OUTBOX_SQL: Final = (
 )
 
 
+# what of a parcel event's detail a customer may see (webhooks, customer keys): not the
+# planned van, binding candidates or confidences, which are the fleet's business
+PUBLIC_DETAIL: Final = frozenset({"evidence", "reason", "signed_by", "photo_url",
+                                  "late_by_s", "temp_c"})
+
+
+def public_detail(detail: Any) -> dict[str, Any] | None:
+    if not isinstance(detail, dict):
+        return None
+    return {k: v for k, v in detail.items() if k in PUBLIC_DETAIL}
+
+
 def _iso(t: Any) -> str:
     return str(t.isoformat()).replace("+00:00", "Z")
 
@@ -99,7 +112,7 @@ def outbox_rows(events: Sequence[tuple[Any, ...]], etas: Sequence[tuple[Any, ...
     for t, eid, tn, status, sub, _van, stop, _lon, _lat, detail in events:
         d = detail.obj if isinstance(detail, Jsonb) else detail
         data = {"tracking_number": tn, "status": status, "sub_status": sub, "stop_id": stop,
-                "detail": d}  # fmt: skip
+                "detail": public_detail(d)}  # fmt: skip
         add(eid, "parcel.status", tn, t, data)
         if status == "Exception":
             add(eid, "exception", tn, t, data)
@@ -120,25 +133,32 @@ def _private(ip: str) -> bool:
     a = ipaddress.ip_address(ip)
     if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
         a = a.ipv4_mapped
-    return (a.is_private or a.is_loopback or a.is_link_local or a.is_reserved
-            or a.is_multicast or a.is_unspecified)  # fmt: skip
+    # anything not globally routable: private, loopback, link-local, CGNAT (100.64/10),
+    # reserved, 6to4 of those...
+    return not a.is_global or a.is_multicast
 
 
 def url_problem(url: str, *, allow_private: bool, resolve: bool = True) -> str | None:
     """Why ``url`` cannot be a webhook target, or None. Resolves the host name."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host_name, port = parts.hostname, parts.port
+        if host_name:
+            host_name.encode("idna")
+    except (ValueError, UnicodeError) as exc:
+        return f"not a usable URL: {exc}"
+    if parts.scheme not in ("https", "http") or not host_name:
         return "the URL must be http:// or https:// with a host"
     if allow_private:
         return None
-    host = parts.hostname
+    host = host_name
     try:
         addresses = [host] if _is_ip(host) else (
-            [str(a[4][0]) for a in socket.getaddrinfo(host, parts.port or 443,
+            [str(a[4][0]) for a in socket.getaddrinfo(host, port or 443,
                                                        proto=socket.IPPROTO_TCP)]
             if resolve else [])  # fmt: skip
-    except OSError as exc:
-        return f"cannot resolve {host!r}: {exc.strerror or exc}"
+    except (OSError, UnicodeError) as exc:
+        return f"cannot resolve {host!r}: {getattr(exc, 'strerror', None) or exc}"
     bad = [a for a in addresses if _private(a)]
     if bad:
         return (f"{host!r} is a loopback, private or reserved address ({bad[0]}); set"
@@ -229,11 +249,12 @@ class WebhookSender:
                            "X-Milepost-Event-Id": str(event_id),
                            "User-Agent": "milepost-webhooks/1"}  # fmt: skip
                 try:
-                    r = await client.post(url, content=body, headers=headers)
+                    async with asyncio.timeout(TIMEOUT_S):
+                        r = await client.post(url, content=body, headers=headers)
                     status = r.status_code
                     if not 200 <= status < 300:
                         error = f"HTTP {status}"
-                except httpx.HTTPError as exc:
+                except (httpx.HTTPError, TimeoutError) as exc:
                     error = f"{type(exc).__name__}: {exc}"[:500]
         if error is None:
             self.delivered += 1

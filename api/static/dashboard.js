@@ -59,7 +59,8 @@ function drawStops(list) {
       layer = L.geoJSON(g, { style: () => style });
       const b = layer.getBounds(); if (b.isValid()) bounds.push(b.getCenter());
     }
-    layer.bindTooltip(`${s.stop_id}${s.name ? " · " + s.name : ""} (${s.kind})`);
+    // a DOM node, not a string: Leaflet puts strings in innerHTML, and names come from manifests
+    layer.bindTooltip(el("span", {}, `${s.stop_id}${s.name ? " · " + s.name : ""} (${s.kind})`));
     layer.addTo(map);
     stops.set(s.stop_id, { stop: s, layer });
   }
@@ -83,7 +84,7 @@ function upsertVan(v) {
     const marker = L.circleMarker([v.lat, v.lon], { radius: 8, weight: 2, color: "#fff", fillOpacity: 0.95,
       className: "van" }).addTo(map).on("click", () => selectVan(v.vehicle_id));
     marker.getElement()?.setAttribute("data-vehicle", v.vehicle_id);
-    marker.bindTooltip(v.vehicle_id, { permanent: false, direction: "top" });
+    marker.bindTooltip(el("span", {}, v.vehicle_id), { permanent: false, direction: "top" });
     const button = el("button", { type: "button", onclick: () => selectVan(v.vehicle_id) });
     van = { data: v, marker, button };
     vans.set(v.vehicle_id, van);
@@ -146,7 +147,13 @@ function drawRoute(id) {
   const ids = (routes.get(id) || {}).stops || [];
   const pts = [hub, ...ids].map(center).filter(Boolean);
   routeLayer = L.layerGroup([L.polyline(pts, { color: COLORS.at_stop, weight: 3, dashArray: "6 6" })]);
-  ids.forEach((s, i) => { const c = center(s); if (c) routeLayer.addLayer(L.circleMarker(c, { radius: 6, color: COLORS.at_stop, fillColor: "#fff", fillOpacity: 1 }).bindTooltip(`${i + 1}. ${s}`)); });
+  ids.forEach((s, i) => {
+    const c = center(s);
+    if (!c) return;
+    const m = L.circleMarker(c, { radius: 6, color: COLORS.at_stop, fillColor: "#fff", fillOpacity: 1 });
+    m.routeIndex = i;
+    routeLayer.addLayer(m.bindTooltip(el("span", {}, `${i + 1}. ${s}`)));
+  });
   routeLayer.addTo(map);
 }
 
@@ -157,8 +164,7 @@ function markRoute(id, parcels) {
   const ids = (routes.get(id) || {}).stops || [];
   routeLayer.eachLayer((l) => {
     if (!(l instanceof L.CircleMarker)) return;
-    const n = parseInt(l.getTooltip().getContent(), 10) - 1;
-    const done = !open.has(ids[n]);
+    const done = !open.has(ids[l.routeIndex]);
     l.setStyle({ fillColor: done ? COLORS.driving : "#fff" });
   });
 }
@@ -247,8 +253,15 @@ function onMessage(block) {
       if (closed) { exceptions.delete(d.tracking_number); renderExceptions(); }
     }
     if (d.status === "AttemptFail") addException({ ...d, since: d.time });
-    if (selected && d.vehicle_id === selected) selectVan(selected);
+    if (selected && d.vehicle_id === selected) refreshSelected();
   }
+}
+
+// a van leaving the hub moves all its parcels at once: one refresh of its panel, not one each
+let refreshTimer = null;
+function refreshSelected() {
+  if (refreshTimer) return;
+  refreshTimer = setTimeout(() => { refreshTimer = null; if (selected) selectVan(selected); }, 1000);
 }
 
 async function refresh() {

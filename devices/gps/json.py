@@ -57,7 +57,12 @@ def parse_ts_us(value: Any) -> int:
             raise FieldError(f"'ts' is not RFC 3339: {value!r}") from exc
         if dt.tzinfo is None:
             raise FieldError(f"'ts' has no UTC offset: {value!r}")
-        whole = int(dt.timestamp())
+        try:
+            whole = int(dt.timestamp())
+        except (OverflowError, ValueError, OSError) as exc:
+            raise FieldError(f"'ts' {value!r} is out of range") from exc
+        if not 0 <= whole < _TS_MAX_S:  # the same range as a number: 1970 to 2100
+            raise FieldError(f"'ts' {value!r} is not between 1970 and 2100")
         return whole * US_PER_S + dt.microsecond
     if value is None:
         raise FieldError("missing 'ts'")

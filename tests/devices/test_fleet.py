@@ -51,6 +51,10 @@ def test_sensor_reading_needs_one_value_and_pod_its_fields() -> None:
     (decode_pod, b'{"ts": 1795511700, "tracking_number": "MP100200300", "outcome": "lost"}',
      "'outcome'"),
     (decode_pod, b"[1, 2]", "JSON object"),
+    (decode_pod, b'{"ts": 1795511700, "tracking_number": "MP100200300", "outcome": "failed",'
+                 b' "reason": "a\\u0000b"}', "control characters"),
+    (decode_cargo, b'{"ts": "0001-01-01T00:00:00+01:00", "epcs": []}', "out of range|between"),
+    (decode_sensor, b'{"ts": "9999-12-31T00:00:00Z", "temp_c": 4}', "between 1970 and 2100"),
     (decode_pod, b"\xff{", "not JSON"),
 ])  # fmt: skip
 def test_malformed_payloads_say_what_is_wrong(decoder: object, payload: bytes,
@@ -89,7 +93,8 @@ def test_sensor_round_trip(ts: int, temp: float, humidity: float) -> None:
 
 
 @given(ts_us, st.sampled_from(["delivered", "failed"]),
-       st.one_of(st.none(), st.text(max_size=50)))
+       st.one_of(st.none(), st.text(st.characters(blacklist_categories=["Cc", "Cs"]),
+                                    min_size=1, max_size=50)))
 def test_pod_round_trip(ts: int, outcome: str, reason: str | None) -> None:
     pod = ProofOfDelivery(ts, "MP100200300", outcome, reason=reason)
     assert decode_pod(encode_pod(pod)) == pod

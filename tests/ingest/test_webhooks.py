@@ -75,3 +75,11 @@ def test_backoff_doubles_with_jitter_and_is_capped() -> None:
     assert RETRY_BASE_S * 0.8 <= waits[0] <= RETRY_BASE_S * 1.2
     assert 2 * RETRY_BASE_S * 0.8 <= waits[1] <= 2 * RETRY_BASE_S * 1.2
     assert max(waits) <= RETRY_MAX_S * 1.2 and waits[-1] >= RETRY_MAX_S * 0.8
+
+
+def test_customers_see_no_fleet_detail() -> None:
+    event = (T, uuid.uuid4(), "MP100200300", "Exception", "Exception_LEFT_BEHIND", None, "S-17",
+             None, None, Jsonb({"planned_vehicle_id": "VAN-7", "candidates": 2,
+                                "confidence": 0.6, "evidence": "gate"}))
+    [(_, _, _, bodies)] = outbox_rows([event], [])
+    assert [b.obj["data"]["detail"] for b in bodies] == [{"evidence": "gate"}] * 2
