@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from api.deps import pool, require
 from api.errors import ApiError
 from api.keys import ApiKey
+from ingest.webhooks import public_detail
 
 router = APIRouter(prefix="/v1/parcels", tags=["parcels"])
 TRACKING = r"^[A-Za-z0-9-]{6,40}$"
@@ -102,6 +103,7 @@ async def get_parcel(
         row["vehicle_id"] = None
         for e in events:
             e["vehicle_id"] = None
+            e["detail"] = public_detail(e["detail"])
     position = Position(lon=lon, lat=lat, time=vtime) if dispatcher and lon is not None else None
     return Parcel(**row, vehicle_position=position,
                   timeline=[TimelineEvent(**e) for e in events])  # fmt: skip
