@@ -76,6 +76,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: stack
+	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/python -m benchmarks
 
 clean:

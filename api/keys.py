@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -55,18 +56,23 @@ def revoke_key(conn: psycopg.Connection, prefix: str) -> bool:
     return cur.rowcount == 1
 
 
+# the one statement that verifies a key: by its prefix, if not revoked
+VERIFY_SQL = ("SELECT key_id, key_hash, role, name FROM api_key"
+              " WHERE prefix = %s AND revoked_at IS NULL")  # fmt: skip
+
+
+def key_of(row: tuple[Any, ...] | None, prefix: str, secret: str) -> ApiKey | None:
+    """The key of ``VERIFY_SQL``'s row when the secret matches, else None."""
+    if row is None or not hmac.compare_digest(bytes(row[1]), _hash(secret)):
+        return None
+    return ApiKey(row[0], prefix, row[2], row[3])
+
+
 async def verify_key(conn: psycopg.AsyncConnection, key: str) -> ApiKey | None:
     """The key's record when it exists and is not revoked, else None."""
     split = split_key(key)
     if split is None:
         return None
     prefix, secret = split
-    cur = await conn.execute(
-        "SELECT key_id, key_hash, role, name FROM api_key"
-        " WHERE prefix = %s AND revoked_at IS NULL",
-        (prefix,),
-    )
-    row = await cur.fetchone()
-    if row is None or not hmac.compare_digest(bytes(row[1]), _hash(secret)):
-        return None
-    return ApiKey(row[0], prefix, row[2], row[3])
+    cur = await conn.execute(VERIFY_SQL, (prefix,))
+    return key_of(await cur.fetchone(), prefix, secret)

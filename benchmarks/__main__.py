@@ -20,6 +20,11 @@ The geo suite needs neither: with `--only geo` no database is created.
   membership against a bare shapely STRtree + contains_xy ceiling), and ETA, binding and
   exception accuracy on a replayed simulated day against its truth; targets printed as
   PASS/MISS; written to benchmarks/results/geo.json.
+* api (issue 6): GET /v1/parcels/{tracking_number} and GET /v1/vehicles (2,000 vans) under
+  wrk against a bare ASGI endpoint serving the same bytes, each server in its own
+  process, on a database of its own; then p50/p99 latency at half the sustained rate
+  from a fixed-rate client; targets printed as PASS/MISS; written to
+  benchmarks/results/api.json. Needs Debian's wrk (`make bench` installs it).
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ from typing import Any
 
 import psycopg
 
-from benchmarks import cases, geo, pipeline
+from benchmarks import api, cases, geo, pipeline
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INGEST = "ingest"
 GEO = "geo"  # needs no database
+API = "api"  # makes and drops a database of its own
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("--only", nargs="*", choices=[*sorted(cases.CASES), INGEST, GEO],
+    parser.add_argument("--only", nargs="*", choices=[*sorted(cases.CASES), INGEST, GEO, API],
                         default=None)  # fmt: skip
     parser.add_argument("--rounds", type=int, default=defaults.rounds)
     parser.add_argument("--rows", type=int, default=200_000, help="rows per micro COPY case")
@@ -66,17 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.rounds, args.messages, args.batched_messages, args.naive_messages,
            args.fixes_per_message) < 1 or args.latency_seconds <= 0:  # fmt: skip
         parser.error("counts, rounds and seconds must be positive")
-    names = args.only or [*cases.CASES, INGEST, GEO]
+    names = args.only or [*cases.CASES, INGEST, GEO, API]
     started = time.monotonic()
-    db = cases.BenchDb.create() if any(n != GEO for n in names) else None
+    db = cases.BenchDb.create() if any(n not in (GEO, API) for n in names) else None
     micro: dict[str, Any] = {}
     ingest: dict[str, Any] | None = None
     geo_result: dict[str, Any] | None = None
+    api_result: dict[str, Any] | None = None
     try:
         for name in names:
             print(f"== {name}", file=sys.stderr, flush=True)
             if name == GEO:
                 geo_result = geo.run(geo.Params(rounds=args.rounds))
+                continue
+            if name == API:
+                api_result = api.run(api.Params(rounds=args.rounds))
                 continue
             assert db is not None
             if name == INGEST:
@@ -114,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     if geo_result is not None:
         (RESULTS / "geo.json").write_text(json.dumps({**head, **geo_result}, indent=2) + "\n")
         print(geo.table(geo_result), end="")
+    if api_result is not None:
+        (RESULTS / "api.json").write_text(json.dumps({**head, **api_result}, indent=2) + "\n")
+        print(api.table(api_result), end="")
     print(f"({time.monotonic() - started:.0f} s; results in {RESULTS})")
     return 0
 

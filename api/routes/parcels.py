@@ -6,14 +6,15 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Response
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
-from api.deps import pool, require
+from api.deps import KEY_COLUMNS, KEY_JOIN, Bearer, bearer, db_pool, read_connection, require
 from api.errors import ApiError
 from api.keys import ApiKey
+from api.responses import JsonResponse
 from ingest.webhooks import public_detail
 
 router = APIRouter(prefix="/v1/parcels", tags=["parcels"])
@@ -71,47 +72,70 @@ class ParcelPage(BaseModel):
 
 NOT_FOUND = ApiError(404, "not_found", "no such parcel")  # the same for unknown and hidden
 
+# one statement: the caller's key (see deps.Bearer), and the parcel, its stop, its van's
+# position and its events, one row per event (one row of NULLs after the key when the
+# parcel is unknown, one with NULL event columns when it has no events)
+_PARCEL_SQL = (
+    f"SELECT {', '.join(KEY_COLUMNS)}, l.tracking_number, l.status, l.sub_status, l.time,"
+    " p.stop_id, s.name, p.promised_by, l.eta, l.eta_earliest, l.eta_latest,"
+    " l.eta_confidence, l.vehicle_id, v.lon, v.lat, v.time,"
+    " e.time, e.status, e.sub_status, e.stop_id, e.vehicle_id, e.detail"
+    f" FROM (SELECT 1) AS one {KEY_JOIN}"
+    " LEFT JOIN (parcel p JOIN parcel_latest l USING (tracking_number))"
+    " ON p.tracking_number = %s"
+    " LEFT JOIN stop s ON s.stop_id = p.stop_id"
+    " LEFT JOIN vehicle_latest v ON v.vehicle_id = l.vehicle_id"
+    " LEFT JOIN parcel_event e ON e.tracking_number = p.tracking_number"
+    " ORDER BY e.time"
+)
+_KEY = len(KEY_COLUMNS)  # the key's columns come first
+_PARCEL_FIELDS = tuple(Parcel.model_fields)
+_EVENT_FIELDS = tuple(TimelineEvent.model_fields)
+_POSITION_FIELDS = tuple(Position.model_fields)
+
+
+def parcel_json(rows: list[tuple[Any, ...]], dispatcher: bool) -> dict[str, Any]:
+    """The ``Parcel`` document of ``_PARCEL_SQL``'s rows less the key's columns, as the
+    model would dump it: its fields in the model's order (zip ``strict``: a field added to
+    a model and not here fails every request instead of going missing), without
+    validating each value again."""
+    first = rows[0]
+    vehicle_id, lon, lat, vtime = first[11:15]
+    position = (dict(zip(_POSITION_FIELDS, (lon, lat, vtime), strict=True))
+                if dispatcher and lon is not None else None)  # fmt: skip
+    timeline = [dict(zip(_EVENT_FIELDS, (t, status, sub, stop, van if dispatcher else None,
+                                         detail if dispatcher else public_detail(detail)),
+                         strict=True))
+                for t, status, sub, stop, van, detail in (r[15:] for r in rows)
+                if t is not None]  # fmt: skip
+    return dict(zip(_PARCEL_FIELDS, (*first[:11], vehicle_id if dispatcher else None, position,
+                                     timeline), strict=True))  # fmt: skip
+
 
 @router.get("/{tracking_number}", response_model=Parcel, response_model_exclude_none=False,
             summary="Status, ETA window and timeline of one parcel")  # fmt: skip
 async def get_parcel(
-    p: Annotated[AsyncConnectionPool, Depends(pool)],
-    key: Annotated[ApiKey, Depends(require("customer", "dispatcher"))],
+    p: Annotated[AsyncConnectionPool, Depends(db_pool)],
+    caller: Annotated[Bearer, Depends(bearer("customer", "dispatcher"))],
     tracking_number: Annotated[str, Path(examples=["MP100200300"])],
-) -> Parcel:
-    if not re.fullmatch(TRACKING, tracking_number):
+) -> Response:
+    # a malformed number is looked up as "", which no parcel has: the key is still checked
+    # first, and unknown and malformed numbers answer alike
+    number = tracking_number if re.fullmatch(TRACKING, tracking_number) else ""
+    async with read_connection(p) as conn:
+        cur = await conn.execute(_PARCEL_SQL, (caller.prefix, number))
+        rows = await cur.fetchall()
+    key = caller.admit(rows[0][:_KEY])
+    if rows[0][_KEY] is None:
         raise NOT_FOUND
-    dispatcher = key.role in ("dispatcher", "admin")
-    async with p.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            "SELECT l.tracking_number, l.status, l.sub_status, l.time AS updated, p.stop_id,"
-            " s.name AS stop_name, p.promised_by, l.eta, l.eta_earliest, l.eta_latest,"
-            " l.eta_confidence AS confidence, l.vehicle_id, v.lon, v.lat, v.time AS vtime"
-            " FROM parcel p JOIN parcel_latest l USING (tracking_number)"
-            " LEFT JOIN stop s ON s.stop_id = p.stop_id"
-            " LEFT JOIN vehicle_latest v ON v.vehicle_id = l.vehicle_id"
-            " WHERE p.tracking_number = %s", (tracking_number,))  # fmt: skip
-        row = await cur.fetchone()
-        if row is None:
-            raise NOT_FOUND
-        await cur.execute(
-            "SELECT time, status, sub_status, stop_id, vehicle_id, detail FROM parcel_event"
-            " WHERE tracking_number = %s ORDER BY time", (tracking_number,))  # fmt: skip
-        events = await cur.fetchall()
-    lon, lat, vtime = row.pop("lon"), row.pop("lat"), row.pop("vtime")
-    if not dispatcher:
-        row["vehicle_id"] = None
-        for e in events:
-            e["vehicle_id"] = None
-            e["detail"] = public_detail(e["detail"])
-    position = Position(lon=lon, lat=lat, time=vtime) if dispatcher and lon is not None else None
-    return Parcel(**row, vehicle_position=position,
-                  timeline=[TimelineEvent(**e) for e in events])  # fmt: skip
+    # the document is built as the model dumps it (see parcel_json); the response model
+    # above stays what the OpenAPI document shows
+    return JsonResponse(parcel_json([r[_KEY:] for r in rows], key.role in ("dispatcher", "admin")))
 
 
 @router.get("", response_model=ParcelPage, summary="Parcels, cursor-paginated")
 async def list_parcels(
-    p: Annotated[AsyncConnectionPool, Depends(pool)],
+    p: Annotated[AsyncConnectionPool, Depends(db_pool)],
     _key: Annotated[ApiKey, Depends(require("dispatcher"))],
     status: Annotated[str | None, Query(description=", ".join(STATUSES))] = None,
     vehicle_id: Annotated[str | None, Query(
