@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import select
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,6 +28,23 @@ async def db_pool(request: Request) -> AsyncConnectionPool:
     """``pool`` as an async dependency: FastAPI runs a plain function dependency in a
     worker thread, a hop per request that costs more than the lookup."""
     return pool(request)
+
+
+async def check_connection(conn: AsyncConnection[Any]) -> None:
+    """The pool's check of a connection it hands out, without a round trip per request.
+
+    An idle connection's socket has nothing to read unless the server said something
+    unasked, and what it says to an idle session is, in practice, that it is closing it
+    (a restart, a terminated backend: an error message, then end of file). Only then is
+    the connection checked with a round trip (psycopg_pool's own check), so a connection
+    a database restart broke is replaced instead of failing its request; the others cost
+    one ``select`` with no wait.
+    """
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        await AsyncConnectionPool.check_connection(conn)
 
 
 @asynccontextmanager

@@ -37,26 +37,35 @@ def error_response(status: int, code: str, message: str,
     )
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JsonResponse:
+def response_for(exc: Exception) -> JsonResponse | None:
+    """The error format's answer to an exception a handler let out, or None when it is not
+    one of ours (a bug: the server's 500)."""
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.headers)
+    if isinstance(exc, psycopg.OperationalError):
+        return error_response(503, "unavailable", "the database is unavailable; retry shortly",
+                              {"Retry-After": "5"})  # fmt: skip
+    if isinstance(exc, psycopg.DataError):
+        # a value the database cannot hold (a NUL in text, a date out of range): the
+        # request's fault, not the server's
+        return error_response(422, "invalid_request", f"a value cannot be stored: {exc}")
+    return None
+
+
+def install(app: FastAPI) -> None:
+    async def _ours(_: Request, exc: Exception) -> JsonResponse:
+        response = response_for(exc)
+        if response is None:  # registered only for the exceptions it answers
+            raise exc
+        return response
+
+    for exc_class in (ApiError, psycopg.OperationalError, psycopg.DataError):
+        app.add_exception_handler(exc_class, _ours)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JsonResponse:
         code = _CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail), exc.headers)
-
-    @app.exception_handler(psycopg.OperationalError)
-    async def _db_down(_: Request, exc: psycopg.OperationalError) -> JsonResponse:
-        return error_response(503, "unavailable", "the database is unavailable; retry shortly",
-                              {"Retry-After": "5"})  # fmt: skip
-
-    @app.exception_handler(psycopg.DataError)
-    async def _bad_value(_: Request, exc: psycopg.DataError) -> JsonResponse:
-        # a value the database cannot hold (a NUL in text, a date out of range): the
-        # request's fault, not the server's
-        return error_response(422, "invalid_request", f"a value cannot be stored: {exc}")
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JsonResponse:

@@ -83,6 +83,9 @@ class LiveHub:
         self._clients: set[Client] = set()
         self.connected = False
         self.dropped_clients = 0
+        # counts notifications with positions (vehicle_latest moved), and connections
+        # (changes while not listening went unseen): what the fleet snapshot checks
+        self.positions_version = 0
 
     @property
     def clients(self) -> int:
@@ -124,6 +127,16 @@ class LiveHub:
                     with_room.get_nowait()
                 with_room.put_nowait(None)
 
+    def receive(self, payload: str) -> None:
+        """One notification: its messages to the clients, its positions counted."""
+        try:
+            for event, vid, data in messages(payload):
+                if event == "position":
+                    self.positions_version += 1
+                self.publish(event, vid, data)
+        except (ValueError, TypeError) as exc:
+            log.warning("live: unreadable notification (%s)", exc)
+
     async def run(self) -> None:
         """LISTEN, reconnecting with backoff; never returns."""
         delay = 0.5
@@ -133,13 +146,10 @@ class LiveHub:
                                                                  autocommit=True) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.connected, delay = True, 0.5
+                    self.positions_version += 1
                     log.info("live: listening on %s", CHANNEL)
                     async for n in conn.notifies():
-                        try:
-                            for event, vid, data in messages(n.payload):
-                                self.publish(event, vid, data)
-                        except (ValueError, TypeError) as exc:
-                            log.warning("live: unreadable notification (%s)", exc)
+                        self.receive(n.payload)
             except psycopg.OperationalError as exc:
                 if self.connected:
                     log.warning("live: lost the database (%s); reconnecting", exc)

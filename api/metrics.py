@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -26,6 +27,18 @@ class ApiMetrics:
             buckets=BUCKETS, registry=self.registry)  # fmt: skip
         self.requests = Counter("milepost_http_requests", "Requests answered",
                                 ["method", "route", "status"], registry=self.registry)
+        # each label set's children, looked up once: ``labels()`` costs more than ``observe``
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def observe(self, method: str, route: str, status: str, seconds: float) -> None:
+        # any method a client sends would be a label set of its own: bounded here
+        labels = (method if method in METHODS else "other", route, status)
+        children = self._children.get(labels)
+        if children is None:
+            children = self._children[labels] = (self.latency.labels(*labels),
+                                                  self.requests.labels(*labels))  # fmt: skip
+        children[0].observe(seconds)
+        children[1].inc()
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
@@ -47,9 +60,8 @@ class LatencyMiddleware:
             if message["type"] == "http.response.start":
                 route = scope.get("route")
                 template = getattr(route, "path", None) or "unmatched"
-                labels = (scope["method"], template, f"{message['status'] // 100}xx")
-                self.metrics.latency.labels(*labels).observe(time.perf_counter() - t0)
-                self.metrics.requests.labels(*labels).inc()
+                self.metrics.observe(scope["method"], template, f"{message['status'] // 100}xx",
+                                     time.perf_counter() - t0)  # fmt: skip
             await send(message)
 
         await self.app(scope, receive, timed_send)

@@ -7,11 +7,17 @@ from typing import Any
 import orjson
 from starlette.responses import JSONResponse
 
+JSON = "application/json"
+
 
 class JsonResponse(JSONResponse):
     """A JSONResponse (so the OpenAPI document shows the models) rendered by orjson."""
 
-    media_type = "application/json"
+    media_type = JSON
+
+    @staticmethod
+    def encode(content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_UTC_Z)
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_UTC_Z)
+        return self.encode(content)

@@ -23,6 +23,7 @@ from devices.errors import DecodeError
 from devices.gps import osmand
 from devices.records import fixes_to_array
 from ingest.batch import Batch, DeadLetter, FixFrame
+from ingest.pipeline import TABLE_INSERTS, live_messages
 from ingest.registry import Registry
 from ingest.stages import run_stages
 from ingest.writer import Writer
@@ -85,5 +86,7 @@ async def report(request: Request, p: Annotated[AsyncConnectionPool, Depends(poo
     batch = Batch(len(msg.fixes) + 1, 2, 1e9)
     batch.add_fixes(vehicle, fixes_to_array(msg.fixes), received)
     result = run_stages(batch.drain().fixes)
-    await Writer(p).flush(result.frame, result.rejected)
+    # the live stream and the fleet list hear of it as of ingest's fixes: on commit
+    live = [(m,) for m in live_messages(result.frame, {})]
+    await Writer(p).flush(result.frame, result.rejected, extra=[(TABLE_INSERTS["live"], live)])
     return Response(status_code=200)

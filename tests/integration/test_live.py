@@ -125,3 +125,24 @@ def test_live_positions_parcels_filter_and_resume(
     # a customer key gets no fleet stream
     assert httpx.get(f"{api_url}/v1/live", headers={"Authorization": "Bearer " + cli(
         "keys", "create", "--role", "customer")}).status_code == 403
+
+
+def test_an_osmand_report_is_a_live_position(api_url: str, cli: Callable[..., str]) -> None:
+    """OsmAnd reports are written by the API itself, not by ingest: they notify alike."""
+    tag = secrets.token_hex(3).upper()
+    van, device = f"LO{tag}-VAN", f"lo{tag.lower()}"
+    cli("devices", "add", van, "--osmand", device)
+    key = cli("keys", "create", "--role", "dispatcher")
+    stream = Stream(f"{api_url}/v1/live", key, {"vehicle_id": van})
+    try:
+        time.sleep(1.0)  # subscribed before the report
+        ts = int(time.time()) - 30
+        r = httpx.get(f"{api_url}/osmand", params={"id": device, "lat": "52.51", "lon": "13.39",
+                                                   "timestamp": str(ts), "speed": "10"})
+        assert r.status_code == 200, r.text
+        got = stream.until(lambda e, d: e == "position" and d["vehicle_id"] == van)
+        data = got[-1][2]
+        assert (data["lat"], data["lon"]) == (52.51, 13.39)
+        assert datetime.fromisoformat(data["time"]) == datetime.fromtimestamp(ts, UTC)
+    finally:
+        stream.stop.set()
