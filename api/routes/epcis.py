@@ -15,21 +15,26 @@ is not a GS1 EPC; a van by its tag's pure identity, else ``urn:milepost:vehicle:
 read points and locations ``urn:milepost:gate:<id>`` and ``urn:milepost:stop:<id>`` (the
 manifest has no GLNs). Event ids are ``urn:uuid:`` UUIDv5 of the stored row's identity,
 so the same event always has the same id. Times are UTC (``eventTimeZoneOffset``
-``+00:00``). Events are ordered by ``eventTime``; ``next_since`` (header
-``X-Next-Since``) continues a long export.
+``+00:00``). Events are ordered by ``eventTime`` (then by kind and stored identity, so
+the order is total); a long export continues with the opaque ``cursor`` of the header
+``X-Next-Cursor``, which starts exactly after the page's last event: no event is
+repeated or skipped at a page boundary, however many share a time.
 """
 
 from __future__ import annotations
 
+import base64
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 
+import orjson
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from psycopg_pool import AsyncConnectionPool
 
 from api.deps import pool, require
+from api.errors import ApiError
 from api.responses import JsonResponse
 from devices.epc import decode_epc
 
@@ -37,6 +42,8 @@ router = APIRouter(prefix="/v1/epcis", tags=["epcis"])
 CONTEXT: Final = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
 NAMESPACE: Final = uuid.UUID("6d696c65-706f-7374-2d65-706369732e31")
 MAX_EVENTS: Final = 10_000
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND: Final = timedelta(microseconds=1)
 
 
 def _time(t: datetime) -> str:
@@ -92,40 +99,74 @@ def document(events: list[dict[str, Any]], created: datetime) -> dict[str, Any]:
             "creationDate": _time(created), "epcisBody": {"eventList": events}}  # fmt: skip
 
 
+_EVENTS_SQL: Final = (
+    "SELECT * FROM ("
+    " SELECT 'pass' AS kind, g.time, g.gate_id || '|' || g.epc AS key, g.gate_id, g.epc,"
+    " g.direction, gt.dock_stop_id, NULL AS vehicle_epc"
+    " FROM gate_pass g LEFT JOIN gate gt USING (gate_id) WHERE g.time >= %(since)s"
+    " UNION ALL"
+    " SELECT CASE WHEN e.status = 'Delivered' THEN 'delivery' ELSE 'loading' END, e.time,"
+    " e.event_id::text, e.event_id::text, p.epc, e.vehicle_id, e.stop_id, v.epc"
+    " FROM parcel_event e JOIN parcel p USING (tracking_number)"
+    " LEFT JOIN vehicle v ON v.vehicle_id = e.vehicle_id"
+    " WHERE e.time >= %(since)s AND p.epc IS NOT NULL AND (e.status = 'Delivered'"
+    " OR (e.sub_status IN ('InTransit_007', 'Exception_MISLOAD')"
+    " AND e.vehicle_id IS NOT NULL))"
+    ") AS u WHERE (u.time, u.kind, u.key) > (%(after_time)s, %(after_kind)s, %(after_key)s)"
+    " ORDER BY u.time, u.kind, u.key LIMIT %(limit)s"
+)  # fmt: skip
+
+
+def encode_cursor(t: datetime, kind: str, key: str) -> str:
+    """The position just after an event, as an opaque URL-safe token."""
+    raw = orjson.dumps([(t - EPOCH) // MICROSECOND, kind, key])  # exact: no float seconds
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> tuple[datetime, str, str]:
+    try:
+        us, kind, key = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if not (isinstance(us, int) and isinstance(kind, str) and isinstance(key, str)):
+            raise ValueError("not a cursor")
+        return EPOCH + us * MICROSECOND, kind, key
+    except (ValueError, TypeError, OverflowError, OSError) as exc:
+        raise ApiError(422, "invalid_request", "cursor: not one this API gave; pass"
+                       " X-Next-Cursor of the previous page unchanged") from exc  # fmt: skip
+
+
 @router.get("/events", summary="Gate passes, loadings and deliveries as an EPCIS 2.0 document",
             response_class=JsonResponse,
             responses={200: {"content": {"application/ld+json": {}},
-                             "description": "an EPCISDocument (JSON-LD)"}})  # fmt: skip
+                             "description": "an EPCISDocument (JSON-LD); when more events"
+                                            " follow, the header X-Next-Cursor"}})  # fmt: skip
 async def events(
     p: Annotated[AsyncConnectionPool, Depends(pool)],
     _key: Annotated[object, Depends(require("dispatcher"))],
     since: Annotated[datetime, Query(description="events at or after this time (RFC 3339)")],
     limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = 1000,
+    cursor: Annotated[str | None, Query(description="X-Next-Cursor of the previous page",
+                                        max_length=400)] = None,
 ) -> Response:
+    if since.tzinfo is None:
+        raise ApiError(422, "invalid_request", "since: give a time zone (Z or +hh:mm)")
+    # without a cursor: everything at or after since (no event sorts before kind "")
+    after = decode_cursor(cursor) if cursor else (since, "", "")
+    params = {"since": max(since, after[0]), "after_time": after[0], "after_kind": after[1],
+              "after_key": after[2], "limit": limit + 1}  # fmt: skip
     async with p.connection() as conn:
-        cur = await conn.execute(
-            "SELECT 'pass', g.time, g.gate_id, g.epc, g.direction, gt.dock_stop_id, NULL, NULL"
-            " FROM gate_pass g LEFT JOIN gate gt USING (gate_id) WHERE g.time >= %s"
-            " UNION ALL"
-            " SELECT CASE WHEN e.status = 'Delivered' THEN 'delivery' ELSE 'loading' END,"
-            " e.time, e.event_id::text, p.epc, e.vehicle_id, e.stop_id, v.epc, NULL"
-            " FROM parcel_event e JOIN parcel p USING (tracking_number)"
-            " LEFT JOIN vehicle v ON v.vehicle_id = e.vehicle_id"
-            " WHERE e.time >= %s AND p.epc IS NOT NULL AND (e.status = 'Delivered'"
-            " OR (e.sub_status IN ('InTransit_007', 'Exception_MISLOAD')"
-            " AND e.vehicle_id IS NOT NULL))"
-            " ORDER BY 2, 1, 3 LIMIT %s", (since, since, limit + 1))  # fmt: skip
+        cur = await conn.execute(_EVENTS_SQL, params)
         rows = await cur.fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
     out: list[dict[str, Any]] = []
-    for kind, t, a, epc, b, c, d, _ in rows:
+    for kind, t, _, a, epc, b, c, d in rows:
         if kind == "pass":
             out.append(pass_event(t, a, epc, b, c))
         elif kind == "loading":
             out.append(loading_event(t, a, epc, b, d))
         else:
             out.append(delivery_event(t, a, epc, c))
-    headers = {"X-Next-Since": _time(rows[-1][1])} if more and rows else {}
+    headers = {"X-Next-Cursor": encode_cursor(rows[-1][1], rows[-1][0], rows[-1][2])
+               } if more and rows else {}  # fmt: skip
     body = JsonResponse(document(out, datetime.now(UTC))).body
     return Response(body, media_type="application/ld+json", headers=headers)
