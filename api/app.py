@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from api import errors
 from api.deps import check_connection
+from api.limits import BodyLimit
 from api.live import LiveHub
 from api.metrics import ApiMetrics, LatencyMiddleware
 from api.ratelimit import RateLimiter
@@ -84,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=JsonResponse,
     )
     errors.install(app)
+    app.add_middleware(BodyLimit, default=settings.api_max_body_bytes,
+                       per_path={"/v1/manifest": manifest.MAX_BYTES})  # fmt: skip
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     app.include_router(health.router)
     app.include_router(vehicles.router)

@@ -53,22 +53,32 @@ class BenchBroker:
     proc: subprocess.Popen[bytes]
     ingest: tuple[str, str]  # the ingester's account (reads everything)
     vans: dict[str, str]  # vehicle id -> password; each may publish under fleet/<id>/#
+    tls_port: int | None = None  # a second listener, with TLS, when started with a certificate
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
     @classmethod
-    def start(cls, vehicles: Sequence[str], timeout_s: float = 10.0) -> BenchBroker:
+    def start(cls, vehicles: Sequence[str], timeout_s: float = 10.0,
+              tls: tuple[Path, Path] | None = None) -> BenchBroker:  # fmt: skip
+        """A broker with an account per vehicle; with ``tls`` (certificate, key; PEM) also a
+        TLS listener on another free port."""
         host = stack.HOST  # 127.0.0.1: nothing leaves the machine
         port = _free_port(host)
         root = Path(tempfile.mkdtemp(prefix="milepost-bench-broker-"))
         mqtt_dir = root / "mqtt"
         (mqtt_dir / "data").mkdir(parents=True)
+        tls_port = None
+        if tls is not None:
+            (mqtt_dir / "tls").mkdir()
+            for source, name in zip(tls, ("cert.pem", "key.pem"), strict=True):
+                shutil.copyfile(source, mqtt_dir / "tls" / name)
+            tls_port = _free_port(host)
         run_user = _run_user()
         ingest = (stack.INGEST_USER, secrets.token_urlsafe(18))
         vans = {v: secrets.token_urlsafe(12) for v in vehicles}
-        conf = stack.render_mosquitto_conf(root, run_user.pw_name).replace(
+        conf = stack.render_mosquitto_conf(root, run_user.pw_name, tls_port).replace(
             f"listener {stack.MQTT_PORT} {stack.HOST}", f"listener {port} {host}"
         )
         if f"listener {port} {host}" not in conf:
@@ -83,15 +93,16 @@ class BenchBroker:
         for path in [root, *root.rglob("*")]:
             os.chown(path, run_user.pw_uid, run_user.pw_gid)
             if path.is_file():
-                os.chmod(path, 0o600 if path.name in ("passwd", "acl") else 0o644)
+                os.chmod(path, 0o600 if path.name in ("passwd", "acl", "key.pem") else 0o644)
         proc = subprocess.Popen(
             ["mosquitto", "-c", str(mqtt_dir / "mosquitto.conf")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
-        broker = cls(host, port, root, proc, ingest, vans)
+        broker = cls(host, port, root, proc, ingest, vans, tls_port)
         deadline = time.monotonic() + timeout_s
         while True:
-            with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+            with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2), \
+                    socket.create_connection((host, tls_port or port), 0.2):  # fmt: skip
                 return broker
             if proc.poll() is not None or time.monotonic() > deadline:
                 err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""

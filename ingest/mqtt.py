@@ -48,11 +48,13 @@ class BrokerAddress:
     username: str | None
     password: str | None
     tls: bool
+    ca_file: str | None = None  # mqtts://: the CAs the broker's certificate must chain to
 
     @classmethod
     def from_url(
-        cls, url: str, default_credentials: tuple[str, str] | None = None
-    ) -> BrokerAddress:
+        cls, url: str, default_credentials: tuple[str, str] | None = None,
+        ca_file: str | None = None,
+    ) -> BrokerAddress:  # fmt: skip
         parts = urlsplit(url)
         tls = parts.scheme == "mqtts"
         user = unquote(parts.username) if parts.username else None
@@ -60,7 +62,7 @@ class BrokerAddress:
         if user is None and default_credentials is not None:
             user, password = default_credentials
         return cls(parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883),
-                   user, password, tls)  # fmt: skip
+                   user, password, tls, ca_file)  # fmt: skip
 
 
 async def _messages(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Message]:
@@ -143,7 +145,8 @@ class MqttSource:
             clean_session=False,
             keepalive=30,
             timeout=10,
-            tls_params=aiomqtt.TLSParameters() if a.tls else None,
+            # mqtts://: the broker's certificate and host name checked (system CAs by default)
+            tls_params=aiomqtt.TLSParameters(ca_certs=a.ca_file) if a.tls else None,
         )
         # must be set before CONNECT: a persistent session delivers queued messages at once
         client._client.manual_ack_set(True)

@@ -501,7 +501,8 @@ class Ingest:
 
 async def serve(settings: Settings, mqtt_credentials: tuple[str, str] | None) -> None:
     """Run ingest until cancelled."""
-    broker = BrokerAddress.from_url(settings.mqtt_url, mqtt_credentials)
+    ca_file = str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None
+    broker = BrokerAddress.from_url(settings.mqtt_url, mqtt_credentials, ca_file)
     pool = AsyncConnectionPool(
         settings.database_url, min_size=1, max_size=settings.db_pool_max, open=False,
         name="ingest", check=AsyncConnectionPool.check_connection,

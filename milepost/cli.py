@@ -76,10 +76,12 @@ def stack_up(ctx: click.Context) -> None:
 
     s = _settings(ctx)
     try:
-        info = st.up(s.state_dir, progress=_stderr)
+        tls = (s.mqtt_tls_cert, s.mqtt_tls_key) if s.mqtt_tls_cert and s.mqtt_tls_key else None
+        info = st.up(s.state_dir, progress=_stderr, mqtt_tls=tls)
     except st.StackError as exc:
         raise click.ClickException(str(exc)) from exc
-    _stderr(f"stack is up: database {info.database_url}, broker {info.mqtt_url}")
+    _stderr(f"stack is up: database {info.database_url}, broker {info.mqtt_url}"
+            + (f" (and mqtts://{st.HOST}:{st.MQTT_TLS_PORT})" if tls else ""))  # fmt: skip
 
 
 @stack.command("down")
@@ -347,8 +349,10 @@ def api(ctx: click.Context) -> None:
     s = _settings(ctx)
     _logging(s.log_level)
     _db_call(run_migrate, s.database_url)
+    tls = {"ssl_certfile": str(s.api_tls_cert), "ssl_keyfile": str(s.api_tls_key)
+           } if s.api_tls_cert and s.api_tls_key else {}  # fmt: skip
     uvicorn.run(create_app(s), host=s.api_host, port=s.api_port, log_level=s.log_level.lower(),
-                access_log=False)  # fmt: skip
+                access_log=False, **tls)  # type: ignore[arg-type]  # fmt: skip
 
 
 @main.command()

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "MILEPOST_"
 CONFIG_FILE_ENV = "MILEPOST_CONFIG"  # path of milepost.toml; default ./milepost.toml if present
@@ -31,7 +38,16 @@ class Settings(BaseModel):
     database_url: str = "postgresql://milepost@127.0.0.1:55432/milepost"
     mqtt_url: str = "mqtt://127.0.0.1:18830"
     mqtt_client_id: str = "milepost-ingest"
+    # mqtts:// checks the broker's certificate against these CAs (PEM; default: the
+    # system's); the local stack's Mosquitto also listens with TLS on MQTT_TLS_PORT when
+    # given a certificate and its key (PEM)
+    mqtt_ca_file: Path | None = None
+    mqtt_tls_cert: Path | None = None
+    mqtt_tls_key: Path | None = None
     api_addr: str = "127.0.0.1:8000"
+    # HTTPS for milepost api: a certificate (chain) and its key, PEM; both or neither
+    api_tls_cert: Path | None = None
+    api_tls_key: Path | None = None
     state_dir: Path = Path("var")
     webhook_allow_private: bool = False
     # ingest batching: flush when a batch holds this many rows or is this old
@@ -41,6 +57,9 @@ class Settings(BaseModel):
     queue_max_rows: int = Field(default=200_000, ge=1000)
     stats_interval_s: float = Field(default=10.0, gt=0)
     db_pool_max: int = Field(default=4, ge=1, le=100)
+    # the largest request body the API reads (413 beyond); PUT /v1/manifest has its own,
+    # api.routes.manifest.MAX_BYTES (64 MiB)
+    api_max_body_bytes: int = Field(default=1 << 20, ge=1024)
     # retention, in days, run by milepost ingest with drop_chunks (0 keeps for ever):
     # raw positions and tag reads; gate passes, parcel events and what they come from
     retention_raw_days: int = Field(default=30, ge=0, le=36_500)
@@ -91,6 +110,18 @@ class Settings(BaseModel):
         if not sep or not host or not port.isdigit():
             raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8000")
         return v
+
+    @model_validator(mode="after")
+    def _check_tls_pairs(self) -> Settings:
+        for cert, key in (("api_tls_cert", "api_tls_key"), ("mqtt_tls_cert", "mqtt_tls_key")):
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(f"{cert} and {key} go together: give both or neither")
+        for name in ("mqtt_ca_file", "mqtt_tls_cert", "mqtt_tls_key", "api_tls_cert",
+                     "api_tls_key"):  # fmt: skip
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file {path}")
+        return self
 
     @property
     def api_host(self) -> str:

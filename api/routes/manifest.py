@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Body, Depends
 from psycopg_pool import AsyncConnectionPool
@@ -31,6 +31,8 @@ EXAMPLE: dict[str, Any] = {
                  "stop_id": "S-17", "promised_by": "2026-11-24T18:00:00Z"}],
     "routes": [{"vehicle_id": "VAN-0042", "hub_stop_id": "HUB-1", "stop_ids": ["S-17"]}],
 }  # fmt: skip
+# a day's plan for a large depot (100,000 parcels) is some 20 MB of JSON
+MAX_BYTES: Final = 64 << 20
 
 
 class ManifestSummary(BaseModel):
@@ -43,7 +45,8 @@ class ManifestSummary(BaseModel):
 
 @router.put("", response_model=ManifestSummary, summary="Load the day's plan (idempotent)",
             responses={422: {"description": "invalid manifest: every problem with its row"
-                                            " and field"}})  # fmt: skip
+                                            " and field"},
+                       413: {"description": f"a manifest over {MAX_BYTES >> 20} MiB"}})  # fmt: skip
 async def put_manifest(
     p: Annotated[AsyncConnectionPool, Depends(pool)],
     _key: Annotated[object, Depends(require("dispatcher"))],
