@@ -61,7 +61,7 @@ def decode_cargo(payload: bytes) -> CargoScan:
     if not isinstance(epcs, list) or len(epcs) > MAX_EPCS:
         raise FieldError(f"'epcs' must be a list of at most {MAX_EPCS} hex strings")
     for i, e in enumerate(epcs):
-        if not isinstance(e, str) or not _EPC.match(e):
+        if not isinstance(e, str) or not _EPC.fullmatch(e):
             raise FieldError(f"epcs[{i}] is not an EPC in hex: {e!r}")
     return CargoScan(parse_ts_us(doc.get("ts")), tuple(sorted({e.upper() for e in epcs})))
 
@@ -87,7 +87,7 @@ def decode_sensor(payload: bytes) -> SensorReading:
 def decode_pod(payload: bytes) -> ProofOfDelivery:
     doc = _object(payload)
     number = doc.get("tracking_number")
-    if not isinstance(number, str) or not _TRACKING.match(number):
+    if not isinstance(number, str) or not _TRACKING.fullmatch(number):
         raise FieldError(f"'tracking_number' is missing or malformed: {number!r}")
     outcome = doc.get("outcome")
     if outcome not in ("delivered", "failed"):

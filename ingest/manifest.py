@@ -10,6 +10,7 @@ leaves the tables as after once (idempotent). The same statements serve
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from datetime import datetime
@@ -216,7 +217,7 @@ def parse_manifest(
         ref(f"routes[{i}].hub_stop_id", r.hub_stop_id, "hub")
         for k, stop_id in enumerate(r.stop_ids):
             ref(f"routes[{i}].stop_ids[{k}]", stop_id, "delivery")
-        dup = {x for x in r.stop_ids if r.stop_ids.count(x) > 1}
+        dup = {x for x, n in Counter(r.stop_ids).items() if n > 1}  # list.count: quadratic
         if dup:
             problems.append(f"routes[{i}].stop_ids: {sorted(dup)} listed twice")
     if problems:

@@ -130,6 +130,8 @@ def _gga(f: list[str], epochs: dict[int, _Epoch]) -> None:
         epoch.sats = _integer(f[7], "satellites")
     if f[8]:
         epoch.hdop = _number(f[8], "hdop")
+        if epoch.hdop < 0:
+            raise FieldError(f"nmea: GGA hdop {f[8]!r} is negative")
     if f[9]:
         epoch.alt_m = _number(f[9], "altitude")
 
@@ -137,7 +139,10 @@ def _gga(f: list[str], epochs: dict[int, _Epoch]) -> None:
 def _number(s: str, what: str) -> float:
     if not _NUMBER.fullmatch(s):  # float() would also take "nan", "inf", "1e9", "_"
         raise FieldError(f"nmea: {what} {s!r} is not a decimal number")
-    return float(s)
+    value = float(s)
+    if not math.isfinite(value):  # 309 digits or more: float() gives inf
+        raise FieldError(f"nmea: {what} {s[:20]!r}... is too large")
+    return value
 
 
 def _integer(s: str, what: str) -> int:

@@ -56,6 +56,10 @@ def test_sensor_reading_needs_one_value_and_pod_its_fields() -> None:
     (decode_cargo, b'{"ts": "0001-01-01T00:00:00+01:00", "epcs": []}', "out of range|between"),
     (decode_sensor, b'{"ts": "9999-12-31T00:00:00Z", "temp_c": 4}', "between 1970 and 2100"),
     (decode_pod, b"\xff{", "not JSON"),
+    # python -m fuzz (fleet harness): `$` also matches before a final newline
+    (decode_pod, b'{"ts": 1795511700, "tracking_number": "MP100200300\\n", "outcome": "failed"}',
+     "tracking_number"),
+    (decode_cargo, b'{"ts": 1795511700, "epcs": ["ABCD\\n"]}', "epcs[0] is not an EPC"),
 ])  # fmt: skip
 def test_malformed_payloads_say_what_is_wrong(decoder: object, payload: bytes,
                                               message: str) -> None:  # fmt: skip

@@ -213,6 +213,25 @@ def test_malformed_field_in_a_valid_sentence_raises_field_error() -> None:
             nmea.decode(_with_checksum(body))
 
 
+def test_negative_hdop_or_too_many_digits_raise_field_error() -> None:
+    # python -m fuzz (nmea harness, shared fix invariant): constructed from READERS.md 5.1's
+    # RMC and GGA, checksums made right. float() of 400 digits is inf, not an error.
+    rmc = "GNRMC,001043.00,A,4404.13993,N,12118.86023,W,0.146,,100117,,,A"
+    gga = "GNGGA,001043.00,4404.14036,N,12118.85961,W,1,12,{hdop},{alt},M,-21.3,M"
+    cases = [
+        _with_checksum(rmc) + _with_checksum(gga.format(hdop="-0.98", alt="1113.0")),
+        _with_checksum(rmc) + _with_checksum(gga.format(hdop="0.98", alt="1" * 400)),
+        _with_checksum(rmc.replace("0.146", "1" * 400)),
+    ]
+    for payload in cases:
+        with pytest.raises(FieldError):
+            nmea.decode(payload)
+    [fix] = _decode_checked(
+        _with_checksum(rmc) + _with_checksum(gga.format(hdop="0.98", alt="-5.0"))
+    )
+    assert (fix.hdop, fix.alt_m) == (0.98, -5.0)  # a negative altitude is fine
+
+
 # --- the gpsd captures --------------------------------------------------------------------
 
 
