@@ -33,7 +33,7 @@ $(BROWSER):
 	@apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	  --no-install-recommends chromium chromium-driver
 
-.PHONY: help venv stack stack-down demo test unit integration lint bench fuzz clean
+.PHONY: help venv stack stack-down demo test unit integration lint bench fuzz faults clean
 
 help:
 	@echo "make demo        run stack, ingest, api and simulated vans; prints the dashboard URL"
@@ -42,6 +42,7 @@ help:
 	@echo "make lint        ruff and mypy --strict"
 	@echo "make bench       benchmarks (ratios against same-run baselines)"
 	@echo "make fuzz        fuzz every decoder, FUZZ_SECONDS per target (findings in var/fuzz/)"
+	@echo "make faults      the fault suite: kills, outages, unplugged gates; ends with lost = 0"
 	@echo "make stack       start the local TimescaleDB and Mosquitto under var/"
 	@echo "make stack-down  stop them"
 
@@ -81,6 +82,9 @@ FUZZ_JOBS    ?= 1
 
 fuzz: $(STAMP)
 	$(BIN)/python -m fuzz --budget-seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS)
+
+faults: stack
+	$(BIN)/python -m faults
 
 bench: stack
 	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk"; apt-get update -qq && \

@@ -94,19 +94,32 @@ class BenchBroker:
             os.chown(path, run_user.pw_uid, run_user.pw_gid)
             if path.is_file():
                 os.chmod(path, 0o600 if path.name in ("passwd", "acl", "key.pem") else 0o644)
-        proc = subprocess.Popen(
-            ["mosquitto", "-c", str(mqtt_dir / "mosquitto.conf")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        broker = cls(host, port, root, proc, ingest, vans, tls_port)
+        broker = cls(host, port, root, _spawn(mqtt_dir), ingest, vans, tls_port)
+        broker._wait_up(timeout_s)
+        return broker
+
+    def restart(self, down_s: float = 0.0, timeout_s: float = 10.0) -> None:
+        """Stop the broker as a service manager does (it saves its persistence file on the
+        way out), wait ``down_s``, and start it again on the same port and files."""
+        self.proc.terminate()
+        self.proc.wait(15)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        time.sleep(down_s)
+        self.proc = _spawn(self.root / "mqtt")
+        self._wait_up(timeout_s)
+
+    def _wait_up(self, timeout_s: float) -> None:
+        host, port, tls_port, proc, mqtt_dir = (self.host, self.port, self.tls_port, self.proc,
+                                                self.root / "mqtt")  # fmt: skip
         deadline = time.monotonic() + timeout_s
         while True:
             with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2), \
                     socket.create_connection((host, tls_port or port), 0.2):  # fmt: skip
-                return broker
+                return
             if proc.poll() is not None or time.monotonic() > deadline:
                 err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                broker.stop()
+                self.stop()
                 log = mqtt_dir / "mosquitto.log"
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise BrokerError(f"private mosquitto did not start: {err}{tail}")
@@ -123,6 +136,13 @@ class BenchBroker:
         if self.proc.stderr:
             self.proc.stderr.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _spawn(mqtt_dir: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["mosquitto", "-c", str(mqtt_dir / "mosquitto.conf")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
 
 
 def _free_port(host: str) -> int:
