@@ -3,8 +3,11 @@
 
 The key identifies the van: a ``device`` key whose name is the vehicle id
 (``milepost keys create --role device --name VAN-0042``); a dispatcher or admin key names
-it in the body's ``vehicle_id``. The proof is validated here, stored in ``pod_inbox``
-and answered 202; ``milepost ingest`` applies it to the parcel's lifecycle exactly as a
+it in the body's ``vehicle_id``. A device may prove only its own parcels: bound to its
+van, or bound to none and planned for it (its route serves their stop); any other
+tracking number is answered as an unknown one (404), so a device key cannot deliver,
+or find, another van's parcels. A dispatcher may post for any parcel. The proof is
+validated here, stored in ``pod_inbox`` and answered 202; ``milepost ingest`` applies it to the parcel's lifecycle exactly as a
 proof received over MQTT, and marks it processed in the same transaction.
 """
 
@@ -37,7 +40,8 @@ class Accepted(BaseModel):
 
 @router.post("", status_code=202, response_model=Accepted,
              summary="A proof of delivery (applied by milepost ingest)",
-             responses={404: {"description": "no such parcel, or the key's van is unknown"},
+             responses={404: {"description": "no such parcel (for a device key: none of its"
+                                             " van's), or the key's van is unknown"},
                         422: {"description": "malformed proof"}})  # fmt: skip
 async def post_pod(
     p: Annotated[AsyncConnectionPool, Depends(pool)],
@@ -55,9 +59,12 @@ async def post_pod(
         raise ApiError(422, "invalid_request", str(exc)) from exc
     async with p.connection() as conn:
         cur = await conn.execute(
-            "SELECT (SELECT 1 FROM vehicle WHERE vehicle_id = %s),"
-            " (SELECT 1 FROM parcel WHERE tracking_number = %s)",
-            (vehicle, pod.tracking_number))  # fmt: skip
+            "SELECT (SELECT 1 FROM vehicle WHERE vehicle_id = %(van)s),"
+            " (SELECT 1 FROM parcel p LEFT JOIN parcel_latest l USING (tracking_number)"
+            " WHERE p.tracking_number = %(tn)s AND (%(any)s OR l.vehicle_id = %(van)s"
+            " OR (l.vehicle_id IS NULL AND p.stop_id IN"
+            " (SELECT stop_id FROM route_stop WHERE vehicle_id = %(van)s))))",
+            {"van": vehicle, "tn": pod.tracking_number, "any": key.role != "device"})  # fmt: skip
         known_van, known_parcel = await cur.fetchone() or (None, None)
         if known_van is None:
             raise ApiError(404, "unknown_vehicle", f"no vehicle {vehicle!r}: register it with"

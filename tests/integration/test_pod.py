@@ -29,10 +29,18 @@ def test_a_proof_posted_to_the_api_delivers_the_parcel(
     path = tmp_path / "m.json"
     path.write_text(json.dumps({
         "stops": [{"stop_id": stop, "kind": "delivery", "radius_m": 40,
-                   "geofence": {"type": "Point", "coordinates": [LON, LAT]}}],
-        "vehicles": [{"vehicle_id": van}],
+                   "geofence": {"type": "Point", "coordinates": [LON, LAT]}},
+                  {"stop_id": f"{stop}-HUB", "kind": "hub", "radius_m": 100,
+                   "geofence": {"type": "Point", "coordinates": [LON + 0.05, LAT]}},
+                  {"stop_id": f"{stop}-2", "kind": "delivery", "radius_m": 40,
+                   "geofence": {"type": "Point", "coordinates": [LON - 0.05, LAT]}}],
+        "vehicles": [{"vehicle_id": van}, {"vehicle_id": f"{van}-2"}],
         "parcels": [{"tracking_number": near, "stop_id": stop},
-                    {"tracking_number": far, "stop_id": stop}],
+                    {"tracking_number": far, "stop_id": stop},
+                    {"tracking_number": f"{near}-2", "stop_id": f"{stop}-2"}],
+        "routes": [{"vehicle_id": van, "hub_stop_id": f"{stop}-HUB", "stop_ids": [stop]},
+                   {"vehicle_id": f"{van}-2", "hub_stop_id": f"{stop}-HUB",
+                    "stop_ids": [f"{stop}-2"]}],
     }))  # fmt: skip
     password = cli("devices", "add", van)
     cli("manifest", "load", str(path))
@@ -59,6 +67,13 @@ def test_a_proof_posted_to_the_api_delivers_the_parcel(
             "outcome": "delivered"}  # fmt: skip
     assert post(device, away).status_code == 202
     assert post(device, {**at_stop, "tracking_number": f"POD{tag}-NONE"}).status_code == 404
+    # another van's parcel is not this device's to deliver: answered as an unknown one
+    other = post(device, {**at_stop, "tracking_number": f"{near}-2"})
+    assert other.status_code == 404 and other.json() == post(
+        device, {**at_stop, "tracking_number": f"POD{tag}-NONE"}).json()
+    dispatcher = cli("keys", "create", "--role", "dispatcher")
+    assert post(dispatcher, {**at_stop, "tracking_number": f"POD{tag}-NONE",
+                             "vehicle_id": van}).status_code == 404
     assert post(device, {**at_stop, "outcome": "lost"}).status_code == 422
     assert post(customer, at_stop).status_code == 403
 
