@@ -7,8 +7,9 @@ it in the body's ``vehicle_id``. A device may prove only its own parcels: bound 
 van, or bound to none and planned for it (its route serves their stop); any other
 tracking number is answered as an unknown one (404), so a device key cannot deliver,
 or find, another van's parcels. A dispatcher may post for any parcel. The proof is
-validated here, stored in ``pod_inbox`` and answered 202; ``milepost ingest`` applies it to the parcel's lifecycle exactly as a
-proof received over MQTT, and marks it processed in the same transaction.
+validated here, stored in ``pod_inbox`` and answered 202; ``milepost ingest`` applies it
+to the parcel's lifecycle exactly as a proof received over MQTT, and marks it processed
+in the same transaction.
 """
 
 from __future__ import annotations
