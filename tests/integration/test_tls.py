@@ -82,6 +82,7 @@ def test_ingest_over_mqtts_checks_the_broker_certificate(
     log = ingest.text()
     for secret in (password, tls_broker.vans[vid]):
         assert secret not in log
+    ingest.stop()  # a second ingest on the session's database must not outlive its test
 
 
 def test_ingest_refuses_a_broker_it_cannot_verify(
