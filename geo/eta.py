@@ -80,17 +80,20 @@ State: per van a fixed set of numbers; per route stop a visited flag, where it l
 the stops its van has left, and at most one prediction per slot; per slot two bounded
 histories. Everything is bounded by the plan's size.
 
-How :meth:`~EtaEstimator.estimate` stays fast (a few dozen NumPy passes over the rows, no
-Python loop over vans or stops): the distances along each van's remaining stops are kept
-per stop and change only on an arrival or a reload; each van's µs per metre and per stop
-and its distance to its first remaining stop are kept up to date where they change
-(fixes, arrivals, departures), so an estimate does no haversine; which rows it has, and
-their ids (the plan's own arrays when every stop is a row), is cached until an arrival, a
-reload or a van's first fix; per-van values are repeated onto the rows; once ``H = h``,
-``t + round(h + q * H)`` is ``t + round((1 + q) * h)``, one multiply per column, the
-half width is two clamps over the columns, and only the rows with ``h`` below
+How :meth:`~EtaEstimator.estimate` stays fast (about 25 NumPy passes over the rows, no
+Python loop over vans or stops): the distances along each van's remaining stops, and the
+service time before each stop (``j`` times its van's µs per stop), are kept per stop and
+change only on an arrival, a departure or a reload; each van's µs per metre and its
+distance to its first remaining stop, in metres and in µs, are kept up to date where they
+change (fixes, arrivals, departures), so an estimate does no haversine; which rows it has,
+and their ids (the plan's own arrays when every stop is a row), is cached until an
+arrival, a reload or a van's first fix; per-van values are repeated onto the rows (a van
+without rows 0 times); once ``H = h``, ``t + round(h + q * H)`` is ``t + round((1 + q) *
+h)``, one lookup (``np.take`` without bounds checks) and multiply per column, the half
+width is two clamps over the columns, and only the rows with ``h`` below
 ``max(horizon_floor, min_half_width / (1 + min m))`` take the rules as written; the
-predictions of a first estimate are kept by reference (its columns are read-only).
+predictions of a first estimate are kept by reference (its columns are read-only), and
+the temporaries share buffers.
 """
 
 from __future__ import annotations
@@ -257,6 +260,7 @@ class _Vans:
     per_m_us: Float64Array  # µs per metre: 1e6 * detour / speed
     per_stop_us: Float64Array  # µs per stop: 1e6 * service_s
     to_first_m: Float64Array  # haversine from the van to its first remaining stop
+    to_first_us: Float64Array  # to_first_m * per_m_us
 
 
 @dataclass(slots=True)
@@ -267,6 +271,7 @@ class _Stops:
     visited: BoolArray
     left_m: Float64Array  # haversines along the remaining stops from the first to this one
     left_j: Float64Array  # remaining stops before this one on its route
+    service_us: Float64Array  # left_j * its van's per_stop_us, kept up to date (_set_service)
     cur_slot: Int8Array  # -1: no prediction; the cur_ columns hold the slot's first one
     cur_tb: Int64Array  # the van's time t_k - _ROUND_BITS (see estimate); its raw horizon h
     cur_h: Float64Array
@@ -284,11 +289,10 @@ class _Rows:
     """What an estimate's rows are, cached while no arrival, reload or first fix changes it."""
 
     rows: IntpArray | None  # flat stop index of each row; None: every stop of the plan
-    vans: IntpArray  # the vans with rows, in plan order
-    count: IntpArray  # their number of rows
-    last: IntpArray  # the row of each one's last stop (its largest horizon)
+    count: IntpArray  # per van of the plan, its number of rows (0: no fix or no stop left)
+    last: IntpArray  # per van, the row of its last stop (its largest horizon; any row if none)
     left_m: Float64Array  # per row, as in _Stops
-    left_j: Float64Array
+    service_us: Float64Array
     vehicle_id: StrArray
     stop_id: StrArray
 
@@ -299,7 +303,8 @@ _COLUMNS: Final[dict[str, tuple[type[Any], Any]]] = {
     "odo_m": (np.float64, 0.0), "leg_odo_m": (np.float64, 0.0), "n_moving": (np.int64, 0),
     "n_detour": (np.int64, 0), "n_service": (np.int64, 0), "waiting": (np.bool_, True),
     "first_left": (np.intp, -1), "n_left": (np.intp, 0), "visited": (np.bool_, False),
-    "left_m": (np.float64, 0.0), "left_j": (np.float64, 0.0), "cur_slot": (np.int8, -1),
+    "left_m": (np.float64, 0.0), "left_j": (np.float64, 0.0), "service_us": (np.float64, 0.0),
+    "cur_slot": (np.int8, -1),
     "cur_tb": (np.int64, 0), "cur_h": (np.float64, 0.0), "cur_lo": (np.int64, 0),
     "cur_hi": (np.int64, 0), "arch_has": (np.bool_, False), "arch_tb": (np.int64, 0),
     "arch_h": (np.float64, 0.0), "arch_lo": (np.int64, 0), "arch_hi": (np.int64, 0),
@@ -400,6 +405,7 @@ class EtaEstimator:
         self._q = np.zeros((N_SLOTS, 3))  # lo, m, hi per slot, with _table
         self._flat_mid, self._clamp_t, self._short_us, self._f_max = True, False, 0.0, 0.0
         self._rows: _Rows | None = None
+        self._predicted = False  # False: no stop has a prediction (True: some may have)
         self._window()  # the priors' table; rebuilt when a score changes a history
         self._vans: _Vans = _take(_Vans, None, np.empty(0, np.intp))
         self._stops: _Stops = _take(_Stops, None, np.empty(0, np.intp))
@@ -415,8 +421,8 @@ class EtaEstimator:
         vids = plan.vehicle_ids.tolist()
         counts = np.diff(plan.offsets)
         van_of_stop = np.repeat(np.arange(len(vids), dtype=np.intp), counts)
-        stop_index = {(vids[k], s): i for i, (k, s) in
-                      enumerate(zip(van_of_stop.tolist(), plan.stop_ids.tolist(), strict=True))}
+        keys = zip(van_of_stop.tolist(), plan.stop_ids.tolist(), strict=True)
+        stop_index = {(vids[k], s): i for i, (k, s) in enumerate(keys)}
         van_map = np.array([old_van.get(v, -1) for v in vids], np.intp)
         stop_map = np.array([old_stop.get(key, -1) for key in stop_index], np.intp)
         vans: _Vans = _take(_Vans, self._vans, van_map)
@@ -440,6 +446,7 @@ class EtaEstimator:
         vans.first_left[k[starts]], vans.n_left[k[starts]] = left[starts], n
         self._set_first(k[starts])
         self._learned(slice(None))
+        np.multiply(vans.per_stop_us[van_of_stop], stops.left_j, out=stops.service_us)
         self._to_first(slice(None))
         self._rows = None
 
@@ -453,8 +460,8 @@ class EtaEstimator:
     def _refresh_route(self, k: int) -> None:
         """The distances along van ``k``'s remaining stops, after it visited some."""
         s, v, plan = self._stops, self._vans, self._plan
-        lo = int(plan.offsets[k])
-        left = lo + np.flatnonzero(~s.visited[lo:int(plan.offsets[k + 1])])
+        lo, hi = int(plan.offsets[k]), int(plan.offsets[k + 1])
+        left = lo + np.flatnonzero(~s.visited[lo:hi])
         v.n_left[k], v.first_left[k] = len(left), left[0] if len(left) else -1
         if len(left):
             self._set_first(k)
@@ -462,12 +469,23 @@ class EtaEstimator:
         s.left_m[left] = _along(plan.stop_lon_deg[left], plan.stop_lat_deg[left],
                                 np.zeros(min(len(left), 1), np.intp))  # fmt: skip
         s.left_j[left] = np.arange(len(left))
+        self._set_service(k)
         self._rows = None
+
+    def _set_service(self, k: int) -> None:
+        """Van ``k``'s stops' service_us, after its left_j or its per_stop_us changed."""
+        s, lo, hi = self._stops, int(self._plan.offsets[k]), int(self._plan.offsets[k + 1])
+        np.multiply(self._vans.per_stop_us[k], s.left_j[lo:hi], out=s.service_us[lo:hi])
+        r = self._rows
+        if r is not None and r.rows is not None:  # its copy of service_us, for van k's rows
+            a, b = np.searchsorted(r.rows, (lo, hi)).tolist()
+            r.service_us[a:b] = s.service_us[r.rows[a:b]]
 
     # ------------------------------------------------------------------ observations
 
-    def observe_fixes(self, vehicle: ArrayLike, vehicle_ids: Sequence[str], ts_us: ArrayLike,
-                      lon_deg: ArrayLike, lat_deg: ArrayLike, speed_mps: ArrayLike) -> None:
+    def observe_fixes(self, vehicle: ArrayLike, vehicle_ids: Sequence[str],
+                      ts_us: ArrayLike, lon_deg: ArrayLike, lat_deg: ArrayLike,
+                      speed_mps: ArrayLike) -> None:  # fmt: skip
         """A batch of fixes; ``vehicle`` holds int codes into ``vehicle_ids``, any order."""
         code = np.asarray(vehicle, np.intp).reshape(-1)
         ts = np.asarray(ts_us, np.int64).reshape(-1)
@@ -533,10 +551,10 @@ class EtaEstimator:
             return
         k = int(self._van_of_stop[i])
         self._score(i, ts_us)
-        first = int(self._plan.offsets[k])
-        s.visited[first:i + 1] = True
-        s.cur_slot[first:i + 1] = -1
-        s.arch_has[first:i + 1] = False
+        first, end = int(self._plan.offsets[k]), i + 1
+        s.visited[first:end] = True
+        s.cur_slot[first:end] = -1
+        s.arch_has[first:end] = False
         self._refresh_route(k)
         if not math.isnan(v.leg_lon[k]):
             lon, lat = self._plan.stop_lon_deg[i], self._plan.stop_lat_deg[i]
@@ -569,6 +587,7 @@ class EtaEstimator:
                 v.service_s[k] = _ewma(float(v.service_s[k]), sample, self.learn_alpha)
                 v.n_service[k] += 1
                 self._learned(k)
+                self._set_service(k)
                 v.at_stop[k], v.arrived_us[k] = -1, NO_TIME
         v.leg_lon[k], v.leg_lat[k], v.leg_odo_m[k] = lon, lat, v.odo_m[k]
 
@@ -586,27 +605,27 @@ class EtaEstimator:
         if n == 0:
             none = np.empty(0, np.int64)
             return self._answer(r, none, none, none, np.empty(0))
-        count = r.count
-        v = self._vans
-        k = r.vans if len(r.vans) < len(v.last_ts) else slice(None)  # every van: no copies
-        t = v.last_ts[k] if now_us is None else np.maximum(v.last_ts[k], now_us)
-        per_m, per_stop, waiting = v.per_m_us[k], v.per_stop_us[k], v.waiting[k]
-        # the raw horizon h, per row: (to_first + left_m) * per_m + left_j * per_stop
-        h = np.repeat(per_m, count)
+        count, v = r.count, self._vans  # per van (a van without rows repeats 0 times)
+        t = v.last_ts if now_us is None else np.maximum(v.last_ts, now_us)
+        waiting = v.waiting
+        # the raw horizon h, per row: left_m * per_m + left_j * per_stop + to_first * per_m
+        # (the last two kept where they change: service_us per stop, to_first_us per van)
+        h = np.repeat(v.per_m_us, count)
         h *= r.left_m
-        service = np.repeat(per_stop, count)
-        service *= r.left_j
-        h += service
-        del service
-        h += np.repeat(v.to_first_m[k] * per_m, count)
+        h += r.service_us
+        spare = np.repeat(v.to_first_us, count)  # its buffer then holds index, then bound
+        h += spare
+        # slot = state * N_BUCKETS + bucket, the bucket being the number of edges not above h
         slot = (h >= _EDGES_US[0]).view(np.int8)
+        above = np.empty(n, np.bool_)  # a buffer for the comparisons
         for edge in _EDGES_US[1:]:
-            slot += (h >= edge).view(np.int8)
+            slot += np.greater_equal(h, edge, out=above).view(np.int8)
         if waiting.all():
             slot += N_BUCKETS
         elif waiting.any():
             slot += np.repeat(waiting.view(np.int8) * np.int8(N_BUCKETS), count)
-        index = slot.astype(np.intp)
+        index = spare.view(np.intp)[:n]  # [:n]: where intp is narrower than float64
+        np.copyto(index, slot)
         table = self._window()
         # once H = h, t + round(h + q * H) = t + round((1 + q) * h); x + _ROUND read as
         # int64 is _ROUND_BITS + rint(x), so t_row holds t - _ROUND_BITS
@@ -614,23 +633,24 @@ class EtaEstimator:
         eta = self._column(None if self._flat_mid else table[_F_MID], index, h, t_row)
         earliest = self._column(table[_F_LO], index, h, t_row)
         latest = self._column(table[_F_HI], index, h, t_row)
-        confidence = np.take(table[_CONF], index)
+        confidence = np.take(table[_CONF], index, mode="clip")
         half = self.min_half_width_us
-        if half:
-            bound = eta - half
-            np.minimum(earliest, bound, out=earliest)
-            np.add(eta, half, out=bound)
-            np.maximum(latest, bound, out=latest)
+        if float(h[r.last].max()) * self._f_max >= 2.0**50:  # absurd horizons: no _ROUND trick
+            short = np.arange(n)
+        else:  # h < horizon_floor, or eta - half before t: the rules as written (_exact)
+            short = np.flatnonzero(np.less(h, self._short_us, out=above))
+            if half:
+                bound = spare.view(np.int64)  # done with index (_exact takes slot)
+                np.subtract(eta, half, out=bound)
+                np.minimum(earliest, bound, out=earliest)
+                np.add(eta, half, out=bound)
+                np.maximum(latest, bound, out=latest)
         if self._clamp_t:  # a quantile below -1: earliest or eta could fall before t
             t_us = t_row + _ROUND_BITS
             np.maximum(eta, t_us, out=eta)
             np.maximum(earliest, t_us, out=earliest)
-        if float(h[r.last].max()) * self._f_max < 2.0**50:  # the _ROUND trick holds
-            short = np.flatnonzero(h < self._short_us)
-        else:  # absurd horizons
-            short = np.arange(n)
-        if len(short):  # h < horizon_floor, or eta - half before t: the rules as written
-            self._exact(short, h, index, t_row, eta, earliest, latest)
+        if len(short):
+            self._exact(short, h, slot, t_row, eta, earliest, latest)
         self._record(r, slot, t_row, h, earliest, latest)
         return self._answer(r, eta, earliest, latest, confidence)
 
@@ -641,7 +661,7 @@ class EtaEstimator:
         if factor is None:
             y = h + _ROUND
         else:
-            y = np.take(factor, index)
+            y = np.take(factor, index, mode="clip")
             y *= h
             y += _ROUND
         out: Int64Array = y.view(np.int64)
@@ -650,11 +670,10 @@ class EtaEstimator:
 
     def naive(self, now_us: int | None = None) -> Etas:
         """Baseline: remaining straight-line distance / the last fix's speed (>= 1 m/s)."""
-        r = self._current_rows()
-        v, k = self._vans, r.vans
-        t = v.last_ts[k] if now_us is None else np.maximum(v.last_ts[k], now_us)
-        per_m = S_US / np.fmax(v.last_speed[k], 1.0)  # fmax: NaN gives 1
-        cum = r.left_m + np.repeat(v.to_first_m[k], r.count)
+        r, v = self._current_rows(), self._vans
+        t = v.last_ts if now_us is None else np.maximum(v.last_ts, now_us)
+        per_m = S_US / np.fmax(v.last_speed, 1.0)  # fmax: NaN gives 1
+        cum = r.left_m + np.repeat(v.to_first_m, r.count)
         eta = np.repeat(t, r.count) + np.rint(cum * np.repeat(per_m, r.count)).astype(np.int64)
         return self._answer(r, eta, eta.copy(), eta.copy(), np.zeros(len(eta)))
 
@@ -671,19 +690,20 @@ class EtaEstimator:
         if self._rows is not None:
             return self._rows
         v, s, plan = self._vans, self._stops, self._plan
-        has = (v.last_ts != NO_TIME) & (v.n_left > 0)
-        vans = np.flatnonzero(has)
-        count = v.n_left[vans]
-        if int(count.sum()) == len(s.visited):  # every stop of the plan is a row
+        has = v.last_ts != NO_TIME
+        count = v.n_left * has
+        ends = np.cumsum(count)
+        if len(ends) and int(ends[-1]) == len(s.visited):  # every stop of the plan is a row
             rows = None
-            left_m, left_j = s.left_m, s.left_j
+            left_m, service = s.left_m, s.service_us
             vid, sid = self._vehicle_of_stop, plan.stop_ids
         else:
             rows = np.flatnonzero(~s.visited & has[self._van_of_stop])
-            left_m, left_j = s.left_m[rows], s.left_j[rows]
+            left_m, service = s.left_m[rows], s.service_us[rows]
             vid = _readonly(self._vehicle_of_stop[rows])
             sid = _readonly(plan.stop_ids[rows])
-        self._rows = _Rows(rows, vans, count, np.cumsum(count) - 1, left_m, left_j, vid, sid)
+        ends -= 1
+        self._rows = _Rows(rows, count, ends, left_m, service, vid, sid)
         return self._rows
 
     def _learned(self, k: IntpArray | slice | int) -> None:
@@ -694,6 +714,7 @@ class EtaEstimator:
         v.per_m_us[k] = S_US * _blend(v.n_detour[k], v.detour[k], self.detour_prior, ps) / speed
         v.per_stop_us[k] = S_US * _blend(v.n_service[k], v.service_s[k], self.service_prior_s,
                                          ps)  # fmt: skip
+        v.to_first_us[k] = v.to_first_m[k] * v.per_m_us[k]
 
     def _to_first(self, k: IntpArray | slice | int) -> None:
         """geo.fences.haversine_m from vans ``k`` to their first remaining stops, after a
@@ -703,13 +724,14 @@ class EtaEstimator:
         h = np.sin((v.first_lat_rad[k] - lat) / 2.0) ** 2
         h += np.cos(lat) * v.first_cos_lat[k] * np.sin((v.first_lon_rad[k] - lon) / 2.0) ** 2
         v.to_first_m[k] = 2.0 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+        v.to_first_us[k] = v.to_first_m[k] * v.per_m_us[k]
 
-    def _exact(self, rows: IntpArray, h: Float64Array, index: IntpArray, t_row: Int64Array,
-              eta: Int64Array, earliest: Int64Array, latest: Int64Array) -> None:  # fmt: skip
+    def _exact(self, rows: IntpArray, h: Float64Array, slot: Int8Array, t_row: Int64Array,
+               eta: Int64Array, earliest: Int64Array, latest: Int64Array) -> None:  # fmt: skip
         """The window's rules, as written, on the rows ``rows``."""
         hn = h[rows]
         big_h = np.maximum(hn, self.horizon_floor_us)
-        q = np.take(self._q, index[rows], axis=0)
+        q = np.take(self._q, slot[rows], axis=0)
         half = self.min_half_width_us
         e = np.maximum(np.rint(hn + q[:, 1] * big_h), 0.0)
         lo = np.maximum(np.minimum(np.rint(hn + q[:, 0] * big_h), e - half), 0.0)
@@ -724,8 +746,9 @@ class EtaEstimator:
         """Keep each row's prediction when its stop entered a new slot (by reference when
         every stop is new: the answer's columns are read-only)."""
         s = self._stops
-        if r.rows is None and s.cur_slot.max() < 0:  # every stop, none with a prediction
+        if r.rows is None and not self._predicted:  # every stop, none with a prediction
             s.cur_slot, s.cur_tb, s.cur_h, s.cur_lo, s.cur_hi = slot, t_row, h, earliest, latest
+            self._predicted = True
             return
         old = s.cur_slot if r.rows is None else s.cur_slot[r.rows]
         changed = slot != old
@@ -746,12 +769,14 @@ class EtaEstimator:
                 setattr(s, name, getattr(s, name).copy())
         s.cur_slot[stop], s.cur_tb[stop], s.cur_h[stop] = slot[at], t_row[at], h[at]
         s.cur_lo[stop], s.cur_hi[stop] = earliest[at], latest[at]
+        self._predicted = True
 
     def _score(self, i: int, a_us: int) -> None:
         """Score stop ``i``'s predictions against its arrival at ``a_us``."""
         s = self._stops
         preds = [(b, int(s.arch_tb[i, b]), float(s.arch_h[i, b]), int(s.arch_lo[i, b]),
-                  int(s.arch_hi[i, b])) for b in np.flatnonzero(s.arch_has[i]).tolist()]
+                  int(s.arch_hi[i, b]))
+                 for b in np.flatnonzero(s.arch_has[i]).tolist()]  # fmt: skip
         b = int(s.cur_slot[i])
         if b >= 0 and not s.arch_has[i, b]:
             preds.append((b, int(s.cur_tb[i]), float(s.cur_h[i]), int(s.cur_lo[i]),
@@ -779,7 +804,8 @@ class EtaEstimator:
                                               (10, 50, 90)).tolist()  # fmt: skip
                 share = sum(self._hit[b]) / n
             q.append([w * p10 + (1 - w) * lo0, w * p50 if self.median_correction else 0.0,
-                      w * p90 + (1 - w) * hi0, w * share + (1 - w) * self.confidence_prior])
+                      w * p90 + (1 - w) * hi0,
+                      w * share + (1 - w) * self.confidence_prior])  # fmt: skip
         for b in range(N_BUCKETS):  # a waiting van may leave now, and is predicted so
             q[N_BUCKETS + b][0] = min(q[N_BUCKETS + b][0], q[b][0])
             q[N_BUCKETS + b][1] = 0.0
