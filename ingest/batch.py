@@ -4,10 +4,20 @@ A batch fills until it holds ``max_rows`` rows or ``max_messages`` messages, or 
 first message is ``max_ms`` old; then it is drained and written in one transaction.
 Ack tokens travel with the rows they acknowledge, so a message is acknowledged to the
 broker only after everything it produced has committed.
+
+milepost's GPS JSON is appended parsed, and decoded ``DECODE_FIXES`` fixes at a time
+(and the rest when the batch drains), many messages at once, column by column
+(:func:`devices.gps.json.decode_parsed`): per message that costs a list append instead
+of a small NumPy array (measured: building a one-row array, and concatenating hundreds
+of them, cost more than the rest of a one-fix message), and no decode holds the event
+loop long (the writer's round trips wait for it). A message that does not decode
+becomes a dead letter of the same batch, so it is stored and acknowledged with it, as
+if it had failed on receipt.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +25,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from devices.errors import DecodeError
+from devices.gps import json as gps_json
 from devices.records import GPS_FIX_DTYPE, TAG_READ_DTYPE
+
+log = logging.getLogger(__name__)
+
+# parsed GPS JSON fixes decoded at once: the column decoder's fixed cost is small against
+# a thousand fixes, and a thousand take about a millisecond
+DECODE_FIXES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +99,38 @@ class Drained:
     evidence: dict[str, list[Any]] = field(default_factory=dict)
 
 
+def concat_fixes(parts: list[NDArray[Any]]) -> NDArray[Any]:
+    """``np.concatenate`` of GPS_FIX_DTYPE arrays, as bytes: NumPy promotes structured
+    dtypes field by field in Python on every call (most of the time, for small parts)."""
+    if len(parts) == 1:
+        return parts[0]
+    raw = [np.ascontiguousarray(p, GPS_FIX_DTYPE).view(np.uint8) for p in parts]
+    return np.concatenate(raw).view(GPS_FIX_DTYPE)
+
+
+@dataclass(slots=True)
+class _JsonRun:
+    """Consecutive GPS JSON messages, parsed, not decoded yet."""
+
+    items: list[list[Any]] = field(default_factory=list)  # per message, its parsed fixes
+    message: list[int] = field(default_factory=list)  # its index in the batch's fix messages
+    source: list[str] = field(default_factory=list)
+    payload: list[bytes] = field(default_factory=list)
+
+
 @dataclass(slots=True)
 class Batch:
     max_rows: int
     max_messages: int
     max_ms: float
-    _parts: list[NDArray[Any]] = field(default_factory=list)
+    # fixes in receipt order: decoded arrays, and runs of parsed GPS JSON
+    _parts: list[NDArray[Any] | _JsonRun] = field(default_factory=list)
+    _run_fixes: int = 0  # in the last part, when it is a _JsonRun
+    # per message with fixes: vehicle code, receipt time, number of fixes (of GPS JSON:
+    # parsed, until it is decoded)
     _codes: list[int] = field(default_factory=list)
     _received: list[int] = field(default_factory=list)
+    _counts: list[int] = field(default_factory=list)
     _vehicle_code: dict[str, int] = field(default_factory=dict)
     _dead: list[DeadLetter] = field(default_factory=list)
     _tokens: list[Any] = field(default_factory=list)
@@ -113,13 +155,42 @@ class Batch:
         """Append one message's fixes (a GPS_FIX_DTYPE array) for one vehicle."""
         self._touch()
         if len(fixes):
-            code = self._vehicle_code.setdefault(vehicle_id, len(self._vehicle_code))
             self._parts.append(fixes)
-            self._codes.append(code)
+            self._codes.append(self._vehicle_code.setdefault(vehicle_id, len(self._vehicle_code)))
             self._received.append(received_us)
+            self._counts.append(len(fixes))
             self.rows += len(fixes)
         if token is not None:
             self._tokens.append(token)
+
+    def add_json(
+        self, vehicle_id: str, items: list[Any], received_us: int, source: str, payload: bytes,
+        token: Any = None,
+    ) -> None:  # fmt: skip
+        """Append one GPS JSON message, parsed (:func:`devices.gps.json.parse`), to be
+        decoded with others; a malformed one becomes a dead letter from ``source``."""
+        self._touch()
+        if token is not None:
+            self._tokens.append(token)
+        if not items:
+            return
+        parts = self._parts
+        run = parts[-1] if parts else None
+        if not isinstance(run, _JsonRun):
+            run = _JsonRun()
+            parts.append(run)
+            self._run_fixes = 0
+        run.items.append(items)
+        run.message.append(len(self._codes))
+        run.source.append(source)
+        run.payload.append(payload)
+        self._codes.append(self._vehicle_code.setdefault(vehicle_id, len(self._vehicle_code)))
+        self._received.append(received_us)
+        self._counts.append(len(items))
+        self.rows += len(items)
+        self._run_fixes += len(items)
+        if self._run_fixes >= DECODE_FIXES:
+            parts[-1] = self._decode(run)
 
     def add_reads(self, gate_id: str, epcs: list[str], reads: NDArray[Any]) -> None:
         """Append tag reads of one gate: ``reads`` (TAG_READ_DTYPE) and their EPCs."""
@@ -169,22 +240,61 @@ class Batch:
 
     def drain(self) -> Drained:
         if self._parts:
-            lengths = np.fromiter((len(p) for p in self._parts), np.int64, len(self._parts))
+            arrays = [self._decode(p) if isinstance(p, _JsonRun) else p for p in self._parts]
+            counts = np.asarray(self._counts, np.int64)
             frame = FixFrame(
-                np.concatenate(self._parts),
-                np.repeat(np.asarray(self._codes, np.int32), lengths),
-                np.repeat(np.asarray(self._received, np.int64), lengths),
+                concat_fixes(arrays),
+                np.repeat(np.asarray(self._codes, np.int32), counts),
+                np.repeat(np.asarray(self._received, np.int64), counts),
                 list(self._vehicle_code),
             )
         else:
             frame = FixFrame.empty()
-        out = Drained(frame, self._dead, self._tokens, self.messages, self._drain_reads(),
-                      self._table_rows, self._evidence)
+        out = Drained(
+            frame,
+            self._dead,
+            self._tokens,
+            self.messages,
+            self._drain_reads(),
+            self._table_rows,
+            self._evidence,
+        )
         self._table_rows, self._evidence = {}, {}
-        self._parts, self._codes, self._received = [], [], []
+        self._parts, self._codes, self._received, self._counts = [], [], [], []
+        self._run_fixes = 0
         self._vehicle_code, self._dead, self._tokens = {}, [], []
         self.rows = self.messages = 0
         return out
+
+    def _decode(self, run: _JsonRun) -> NDArray[Any]:
+        """Decode a run of GPS JSON messages; the ones that fail become dead letters."""
+        try:
+            decoded = gps_json.decode_parsed(run.items)
+        except (ArithmeticError, ValueError, TypeError, KeyError, IndexError):
+            # a decoder bug: message by message, so it costs only the messages it hits
+            log.exception("unexpected error decoding %d GPS JSON messages", len(run.items))
+            parts: list[NDArray[Any]] = []
+            for items, k, source, payload in zip(run.items, run.message, run.source,
+                                                 run.payload, strict=True):  # fmt: skip
+                try:
+                    one = gps_json.decode_parsed([items])
+                    error: Exception | None = one.errors.get(0)
+                except (ArithmeticError, ValueError, TypeError, KeyError, IndexError) as exc:
+                    error = exc
+                if error is None:
+                    parts.append(one.fixes)
+                    continue
+                self._counts[k] = 0
+                reason = (str(error) if isinstance(error, DecodeError)
+                          else f"internal error: {type(error).__name__}: {error}")  # fmt: skip
+                self._dead.append(DeadLetter(self._received[k], source, payload, reason))
+            return concat_fixes(parts) if parts else np.empty(0, GPS_FIX_DTYPE)
+        for i, why in decoded.errors.items():
+            k = run.message[i]
+            self._counts[k] = 0
+            self._dead.append(DeadLetter(self._received[k], run.source[i], run.payload[i],
+                                         str(why)))  # fmt: skip
+        return decoded.fixes
 
     def _drain_reads(self) -> ReadFrame:
         if not self._reads:

@@ -2,10 +2,14 @@
 
 Tasks, all named and owned by one TaskGroup:
 
-* ``mqtt``: reads messages in order, decodes them and appends to the open batch;
+* ``mqtt``: the broker connection; hands messages, in order, to :meth:`Ingest.take` (in
+  paho's callback: GPS JSON, at once) or to :meth:`Ingest.on_message` (everything else),
+  which decode them into the open batch;
 * ``batcher``: closes the open batch when it is due and queues it for the writer;
-* ``writer``: runs the stages over a closed batch, writes it in one transaction, then
-  acknowledges its messages to the broker;
+* ``prepare``: runs the stages over a closed batch and encodes what the writer sends,
+  while the writer writes the batch before it;
+* ``writer``: writes a prepared batch in one transaction, then acknowledges its messages
+  to the broker;
 * ``stats``: one log line every few seconds;
 * ``gates``: a reader thread per manifest gate; ``passes``: closes the passes of quiet gates;
 * ``plan``: (re)loads the manifest (geofences, parcels, routes) every few seconds;
@@ -13,12 +17,13 @@ Tasks, all named and owned by one TaskGroup:
 * ``webhooks``: posts the webhook outbox (:mod:`ingest.webhooks`);
 * ``retention``: drops old chunks every hour (:mod:`ingest.retention`).
 
-The writer waits for the first plan; the processing order itself is
+The prepare task waits for the first plan; the processing order itself is
 :class:`ingest.pipeline.Pipeline`.
 
-Backpressure: at most ``MAX_CLOSED_BATCHES`` closed batches wait for the writer. When
-that queue is full the ``mqtt`` task waits, stops reading, and the broker stops
-sending once the receive window (unacknowledged messages) is full. Nothing is dropped.
+Backpressure: at most ``MAX_CLOSED_BATCHES`` closed batches wait for the writer (one
+closed, one prepared). When they are there and the open batch is due, messages go to
+the ``mqtt`` task, which waits, and the broker stops sending once the receive window
+(unacknowledged messages) is full. Nothing is dropped.
 If the database is down, the writer retries the same batch with backoff; nothing is
 acknowledged until it commits.
 """
@@ -57,7 +62,7 @@ from ingest.pipeline import TABLE_INSERTS, Pipeline
 from ingest.registry import Registry
 from ingest.serial import GateChunk, GateSupervisor
 from ingest.webhooks import WebhookSender
-from ingest.writer import Writer, datetime_to_us
+from ingest.writer import Prepared, Writer, datetime_to_us
 from milepost.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,10 +80,11 @@ FLEET_DECODERS: dict[str, Callable[[bytes], list[GpsFix]]] = {
 }
 
 
-
 TOPICS = (*(f"fleet/+/{kind}" for kind in (*FLEET_DECODERS, "sensor", "cargo", "pod")),
           "owntracks/+/+")  # fmt: skip
 _VEHICLE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+# fleet/{vehicle_id}/gps topics already checked, and their vehicle: emptied when full
+GPS_TOPICS_MAX = 100_000
 
 
 def now_us() -> int:
@@ -124,7 +130,8 @@ class Ingest:
         self._writer = Writer(pool)
         # flush before the receive window fills, so a closed batch and an open one both fit
         self._batch = Batch(settings.batch_max_rows, RECEIVE_MAXIMUM // 2, settings.batch_max_ms)
-        self._closed: asyncio.Queue[Drained] = asyncio.Queue(MAX_CLOSED_BATCHES)
+        self._closed: asyncio.Queue[Drained] = asyncio.Queue(MAX_CLOSED_BATCHES - 1)
+        self._prepared: asyncio.Queue[tuple[Drained, Prepared]] = asyncio.Queue(1)
         self._wakeup = asyncio.Event()
         self._owntracks = Registry(pool, "owntracks_id")
         self.gates = GateSupervisor(pool, self.on_gate_chunk)
@@ -136,12 +143,49 @@ class Ingest:
         self._inbox_taken: set[int] = set()  # pod_inbox rows handed to a batch not yet committed
         self._pool = pool
         self._health: dict[tuple[str, int], str] = {}
+        self._gps_topics: dict[str, str] = {}  # topic -> vehicle, see GPS_TOPICS_MAX
         self.mqtt = MqttSource(
             broker,
             client_id=settings.mqtt_client_id,
             topics=TOPICS,
             handler=self.on_message,
+            take=self.take,
         )
+
+    def take(self, topic: str, payload: bytes, token: AckToken) -> bool:
+        """:meth:`on_message` for GPS JSON on a ``fleet/+/gps`` topic seen before, without a
+        coroutine (paho's callback calls it on the event loop). False, to have
+        :meth:`on_message` handle it in order: any other topic, or the batch is due and
+        the writer is behind (on_message waits for it)."""
+        vehicle = self._gps_topics.get(topic)
+        batch = self._batch
+        if vehicle is None or (self._closed.full() and batch.due()):
+            return False
+        self.stats.received += 1
+        received = now_us()
+        was_empty = batch.messages == 0
+        try:
+            items = gps_json.parse(payload)
+        except DecodeError as exc:  # (the fixes themselves are checked when the batch drains)
+            batch.add_dead(DeadLetter(received, topic, payload, str(exc)), token)
+        else:
+            batch.add_json(vehicle, items, received, topic, payload, token)
+        if batch.due():
+            if not self._closed.full():
+                self._closed.put_nowait(batch.drain())
+        elif was_empty:
+            self._wakeup.set()
+        return True
+
+    def _gps_vehicle(self, topic: str) -> str:
+        """The vehicle of a fleet/{vehicle_id}/gps topic (DecodeError if it is not one)."""
+        vehicle = self._gps_topics.get(topic)
+        if vehicle is None:
+            vehicle, _ = vehicle_from_topic(topic)
+            if len(self._gps_topics) >= GPS_TOPICS_MAX:
+                self._gps_topics.clear()
+            self._gps_topics[topic] = vehicle
+        return vehicle
 
     async def on_message(self, topic: str, payload: bytes, token: AckToken) -> None:
         """Decode one message into the open batch. The one place per-message errors are caught."""
@@ -189,8 +233,9 @@ class Ingest:
     async def _route(self, topic: str, payload: bytes, received: int, token: AckToken) -> None:
         """Decode one message into the open batch (DecodeError: the caller dead-letters it)."""
         if topic.endswith("/gps") and topic.startswith("fleet/"):  # the common case, first
-            vehicle, _ = vehicle_from_topic(topic)
-            self._batch.add_fixes(vehicle, gps_json.decode_array(payload), received, token)
+            vehicle = self._gps_vehicle(topic)
+            self._batch.add_json(vehicle, gps_json.parse(payload), received, topic, payload,
+                                 token)  # fmt: skip
             return
         kind = topic.rsplit("/", 1)[-1]
         if topic.startswith("fleet/") and kind == "cargo":
@@ -222,7 +267,9 @@ class Ingest:
             async with self._pool.connection() as conn:
                 cur = await conn.execute(
                     "SELECT time, aboard FROM cargo_scan WHERE vehicle_id = %s"
-                    " AND aboard IS NOT NULL ORDER BY time DESC LIMIT 1", (vehicle,))
+                    " AND aboard IS NOT NULL ORDER BY time DESC LIMIT 1",
+                    (vehicle,),
+                )
                 row = await cur.fetchone()
             if row is not None:
                 cargo.seed(vehicle, datetime_to_us(row[0]), set(row[1]))
@@ -281,23 +328,31 @@ class Ingest:
             if self._batch.due():
                 await self._close_batch()
 
-    async def run_writer(self) -> None:
+    async def run_prepare(self) -> None:
+        """Closed batches through the stages, encoded for the writer, in order."""
         await self._plan_ready.wait()  # the parcel stage needs the plan before any evidence
         while True:
             drained = await self._closed.get()
             self._sync_roles()  # the gates' antenna roles, as the manifest has them now
             result = self.pipeline.process(drained)
             self.stats.parcel_events += len(drained.rows.get("parcel_event", ()))
-            dead = drained.dead + result.rejected
+            prepared = self._writer.prepare(
+                result.frame, drained.dead + result.rejected, drained.reads,
+                [(TABLE_INSERTS[k], rows) for k, rows in drained.rows.items()],
+            )  # fmt: skip
+            await self._prepared.put((drained, prepared))
+            await self._prepared.join()  # the writer has it: so at most one waits prepared
+
+    async def run_writer(self) -> None:
+        while True:
+            drained, prepared = await self._prepared.get()
+            self._prepared.task_done()  # (the next batch is prepared while this one is written)
             delay = 0.5
             failed_at: float | None = None
             while True:
                 t0 = time.perf_counter()
                 try:
-                    flushed = await self._writer.flush(
-                        result.frame, dead, drained.reads,
-                        [(TABLE_INSERTS[k], rows) for k, rows in drained.rows.items()],
-                    )  # fmt: skip
+                    flushed = await self._writer.write(prepared)
                     break
                 except psycopg.OperationalError as exc:  # includes the pool's PoolTimeout
                     self.stats.db_errors += 1
@@ -329,7 +384,8 @@ class Ingest:
             try:
                 async with self._pool.connection() as conn:
                     cur = await conn.execute(
-                        "SELECT stop_id, kind, geofence, radius_m FROM stop ORDER BY stop_id")
+                        "SELECT stop_id, kind, geofence, radius_m FROM stop ORDER BY stop_id"
+                    )
                     rows = await cur.fetchall()
                     plan = await load_plan(conn)
                     seed: list[tuple[str, str, str | None, str | None, int, bool, bool]] = []
@@ -345,8 +401,9 @@ class Ingest:
                                 for r in await cur.fetchall()]  # fmt: skip
                 key = tuple((r[0], r[1], orjson.dumps(r[2]), r[3]) for r in rows)
                 if key != self._stops_key:
-                    columns: list[tuple[Any, ...]] = (list(zip(*rows, strict=True)) if rows
-                                                      else [(), (), (), ()])
+                    columns: list[tuple[Any, ...]] = (
+                        list(zip(*rows, strict=True)) if rows else [(), (), (), ()]
+                    )
                     fences = FenceSet.from_stops(*columns)
                     self.pipeline.set_fences(fences)
                     self._stops_key = key
@@ -402,7 +459,9 @@ class Ingest:
                     if self._inbox_taken:  # forget the ones whose batch has committed
                         cur = await conn.execute(
                             "SELECT pod_id FROM pod_inbox WHERE pod_id = ANY(%s)"
-                            " AND processed_at IS NOT NULL", (list(self._inbox_taken),))
+                            " AND processed_at IS NOT NULL",
+                            (list(self._inbox_taken),),
+                        )
                         self._inbox_taken -= {r[0] for r in await cur.fetchall()}
             except psycopg.OperationalError as exc:
                 log.debug("cannot read pod_inbox (%s)", exc)
@@ -439,7 +498,7 @@ class Ingest:
                 s.received, s.received - last.received, s.stored, s.stored - last.stored,
                 s.reads, s.reads - last.reads, s.parcel_events, s.duplicates, s.rejected,
                 flushes, avg_ms,
-                s.flush_s_max * 1000, self._batch.rows, self._closed.qsize(),
+                s.flush_s_max * 1000, self._batch.rows, self.batches_waiting(),
                 "connected" if self.mqtt.connected else "DISCONNECTED",
                 sum(r.connected for r in self.gates.readers.values()), len(self.gates.readers),
                 self.webhooks.delivered, self.webhooks.failed,
@@ -447,6 +506,10 @@ class Ingest:
             last = dataclasses.replace(s)
             await self._publish_stats(flushes)
             s.flush_s_max = 0.0
+
+    def batches_waiting(self) -> int:
+        """Closed batches the writer has not taken yet (prepared or not)."""
+        return self._closed.qsize() + self._prepared.qsize()
 
     def metrics(self) -> dict[str, float]:
         """Counters and gauges for GET /metrics (names without the milepost_ingest_ prefix)."""
@@ -457,7 +520,7 @@ class Ingest:
             "tag_reads_total": s.reads, "parcel_events_total": s.parcel_events,
             "flushes_total": s.flushes, "flush_seconds_total": round(s.flush_s_total, 6),
             "flush_seconds_max": round(s.flush_s_max, 6), "db_errors_total": s.db_errors,
-            "open_batch_rows": self._batch.rows, "batches_waiting": self._closed.qsize(),
+            "open_batch_rows": self._batch.rows, "batches_waiting": self.batches_waiting(),
             "broker_connected": int(self.mqtt.connected),
             "gates_up": sum(r.connected for r in self.gates.readers.values()),
             "gates": len(self.gates.readers),
@@ -473,7 +536,8 @@ class Ingest:
                     " VALUES (%s, %s, %s) ON CONFLICT (instance) DO UPDATE SET"
                     " stats = excluded.stats, started_at = excluded.started_at,"
                     " updated_at = now()",
-                    (self.settings.mqtt_client_id, self._started_at, Jsonb(self.metrics())))
+                    (self.settings.mqtt_client_id, self._started_at, Jsonb(self.metrics())),
+                )
         except psycopg.OperationalError as exc:
             log.debug("cannot store the stats (%s)", exc)
 
@@ -487,6 +551,7 @@ class Ingest:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.mqtt.run(), name="mqtt")
             tg.create_task(self.run_batcher(), name="batcher")
+            tg.create_task(self.run_prepare(), name="prepare")
             tg.create_task(self.run_writer(), name="writer")
             tg.create_task(self.run_stats(), name="stats")
             tg.create_task(self.gates.run(), name="gates")
@@ -494,9 +559,15 @@ class Ingest:
             tg.create_task(self.run_plan(), name="plan")
             tg.create_task(self.run_inbox(), name="inbox")
             tg.create_task(self.webhooks.run(), name="webhooks")
-            tg.create_task(retention.run(self._pool, retention.Policy(
-                self.settings.retention_raw_days, self.settings.retention_events_days)),
-                name="retention")
+            tg.create_task(
+                retention.run(
+                    self._pool,
+                    retention.Policy(
+                        self.settings.retention_raw_days, self.settings.retention_events_days
+                    ),
+                ),
+                name="retention",
+            )
 
 
 async def serve(settings: Settings, mqtt_credentials: tuple[str, str] | None) -> None:
