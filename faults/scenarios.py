@@ -73,8 +73,12 @@ class Counts:
         self.duplicates += rows - len(stored)
         self.lost += len(acked - stored)
         self.unacked_stored += len((stored & sent) - acked)
-        self.rejected += r.dead_letters(van)
+        rejected, again = r.dead_letters(van)
+        self.rejected += rejected
         self.bad_sent += van.bad_sent
+        if again:
+            self.notes.append(f"{van.vehicle}: {again} bad payload(s) delivered again and"
+                              " stored again in dead_letter")  # fmt: skip
 
 
 class Publishing:
@@ -119,7 +123,7 @@ def settle(r: Rig, vans: list[Van], timeout: float = 120.0) -> None:
 
     def drained() -> bool:
         return all(v.acked_seqs() <= r.stored_seqs(v)[0] for v in vans) and all(
-            r.dead_letters(v) >= v.bad_sent for v in vans)
+            r.dead_letters(v)[0] >= v.bad_sent for v in vans)
 
     # what is still missing then is counted as lost, with the numbers
     with contextlib.suppress(RigError):

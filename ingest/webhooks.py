@@ -54,7 +54,11 @@ RETRY_BASE_S: Final = 2.0
 RETRY_MAX_S: Final = 3600.0
 GIVE_UP_S: Final = 24 * 3600.0
 TIMEOUT_S: Final = 10.0
-CONCURRENCY: Final = 8  # deliveries in flight: a slow receiver holds one slot, not all
+CONNECT_TIMEOUT_S: Final = 5.0
+CONCURRENCY: Final = 8  # deliveries in flight to healthy receivers
+PER_WEBHOOK: Final = 4  # of which to one receiver at most
+PROBE_SLOTS: Final = 2  # deliveries in flight to failing receivers, one each
+PAUSE_MAX_S: Final = 300.0  # a failing receiver is tried again at least this often
 LEASE_S: Final = 60.0  # a claimed row is not claimed again for this long (crash: retried)
 
 OUTBOX_SQL: Final = (
@@ -180,40 +184,123 @@ def backoff_s(attempts: int, rng: random.Random | None = None) -> float:
     return base * (0.8 + 0.4 * (rng or random).random())
 
 
+# Rows due for delivery, at most ``per`` of each subscription (its oldest), the oldest
+# first; ``skip`` names subscriptions not to take (in flight or failing), ``only`` (when
+# not NULL) the ones to take. One index range scan a subscription (webhook_outbox_next_idx)
+# however long a dead receiver's backlog. The UPDATE re-checks each row under its lock, so
+# two senders never take the same row.
 _CLAIM: Final = (
-    "UPDATE webhook_outbox o SET next_attempt_at = now() + make_interval(secs => %s)"
-    " FROM webhook w WHERE w.webhook_id = o.webhook_id AND o.outbox_id IN ("
-    "  SELECT outbox_id FROM webhook_outbox WHERE delivered_at IS NULL"
-    "  AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-    " RETURNING o.outbox_id, o.event_id, o.body::text, o.attempts, o.created_at, w.url,"
-    " w.secret, w.deleted_at IS NOT NULL"
+    "UPDATE webhook_outbox o SET next_attempt_at = now() + make_interval(secs => %(lease)s)"
+    " FROM webhook w WHERE w.webhook_id = o.webhook_id AND o.delivered_at IS NULL"
+    " AND o.next_attempt_at <= now() AND o.outbox_id IN ("
+    "  SELECT d.outbox_id FROM webhook s CROSS JOIN LATERAL ("
+    "   SELECT x.outbox_id, x.next_attempt_at FROM webhook_outbox x"
+    "   WHERE x.webhook_id = s.webhook_id AND x.delivered_at IS NULL"
+    "   AND x.next_attempt_at <= now() ORDER BY x.next_attempt_at LIMIT %(per)s) d"
+    "  WHERE s.webhook_id <> ALL (%(skip)s::bigint[])"
+    "  AND (%(only)s::bigint[] IS NULL OR s.webhook_id = ANY (%(only)s::bigint[]))"
+    "  ORDER BY d.next_attempt_at LIMIT %(limit)s)"
+    " RETURNING o.outbox_id, o.webhook_id, o.event_id, o.body::text, o.attempts, o.created_at,"
+    " w.url, w.secret, w.deleted_at IS NOT NULL"
+)
+
+# rows past GIVE_UP_S that a failing receiver's pauses kept from their last attempt
+_EXPIRE: Final = (
+    "UPDATE webhook_outbox SET next_attempt_at = 'infinity',"
+    " last_error = 'gave up: ' || coalesce(last_error, 'never attempted')"
+    " WHERE delivered_at IS NULL AND next_attempt_at < 'infinity'"
+    " AND created_at < now() - make_interval(secs => %s)"
 )
 
 
+class ReceiverHealth:
+    """Which subscriptions are failing, and when each may be tried again (pure).
+
+    A subscription whose last delivery failed is *failing*: its rows leave the main lane
+    and are tried one at a time in the probe lane, no sooner than ``backoff_s`` of its
+    consecutive failures (at most :data:`PAUSE_MAX_S`); a success puts it back. So a
+    receiver that is down, slow or gone holds at most a probe slot, never the deliveries
+    of the others. Kept in memory: after a restart every subscription starts healthy and
+    a failing one is found out by its first attempts.
+    """
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._failures: dict[int, int] = {}
+        self._retry_at: dict[int, float] = {}
+        self._rng = rng
+
+    def failing(self) -> list[int]:
+        return list(self._failures)
+
+    def due(self, now: float) -> list[int]:
+        """Failing subscriptions whose pause is over, the longest waiting first."""
+        return [w for t, w in sorted((t, w) for w, t in self._retry_at.items() if t <= now)]
+
+    def succeeded(self, webhook_id: int) -> None:
+        self._failures.pop(webhook_id, None)
+        self._retry_at.pop(webhook_id, None)
+
+    def failed(self, webhook_id: int, now: float) -> float:
+        """Record a failure; returns the pause in seconds before the next probe."""
+        n = self._failures.get(webhook_id, 0) + 1
+        self._failures[webhook_id] = n
+        pause = min(backoff_s(n, self._rng), PAUSE_MAX_S)
+        self._retry_at[webhook_id] = max(self._retry_at.get(webhook_id, 0.0), now + pause)
+        return pause
+
+    def idle(self, webhook_id: int, now: float) -> None:
+        """A probe found nothing due: wait another pause before looking again."""
+        n = self._failures.get(webhook_id)
+        if n is not None:
+            self._retry_at[webhook_id] = now + min(backoff_s(n, self._rng), PAUSE_MAX_S)
+
+
 class WebhookSender:
-    """Posts the outbox; see the module docstring."""
+    """Posts the outbox; see the module docstring.
+
+    Two lanes: healthy subscriptions share :data:`CONCURRENCY` slots (at most
+    :data:`PER_WEBHOOK` deliveries of one at a time); failing ones (see
+    :class:`ReceiverHealth`) share :data:`PROBE_SLOTS`, one probe each. A slot is refilled
+    as soon as its delivery ends, so one slow answer delays nothing but itself.
+    """
 
     def __init__(self, pool: AsyncConnectionPool, *, allow_private: bool) -> None:
         self._pool = pool
         self._allow_private = allow_private
-        self._slots = asyncio.Semaphore(CONCURRENCY)
+        self._health = ReceiverHealth()
+        self._in_flight: dict[int, int] = {}  # webhook_id: deliveries in flight
+        self._busy = {"main": 0, "probe": 0}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.delivered = 0
         self.failed = 0
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False) as client:
-            while True:
-                try:
-                    claimed = await self._claim()
-                except psycopg.OperationalError as exc:
-                    log.debug("cannot read the webhook outbox (%s)", exc)
-                    claimed = []
-                if claimed:
-                    async with asyncio.TaskGroup() as tg:
-                        for i, row in enumerate(claimed):
-                            tg.create_task(self._deliver(client, row), name=f"webhook-{i}")
-                else:
-                    await asyncio.sleep(1.0)
+        timeout = httpx.Timeout(TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+            next_expiry = 0.0
+            try:
+                while True:
+                    try:
+                        if time.monotonic() >= next_expiry:
+                            await self._expire()
+                            next_expiry = time.monotonic() + 60.0
+                        claimed = await self._claim()
+                    except psycopg.OperationalError as exc:
+                        log.debug("cannot read the webhook outbox (%s)", exc)
+                        claimed = []
+                    for lane, row in claimed:
+                        self._start(client, lane, row)
+                    full = self._busy["main"] >= CONCURRENCY
+                    if not claimed or full:  # a slot to fill, or new rows, within a second
+                        if self._tasks:
+                            await asyncio.wait(self._tasks, timeout=1.0,
+                                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                        else:
+                            await asyncio.sleep(1.0)
+            finally:
+                for task in self._tasks:
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def backlog(self) -> int:
         async with self._pool.connection() as conn:
@@ -223,44 +310,86 @@ class WebhookSender:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-    async def _claim(self) -> list[tuple[Any, ...]]:
+    async def _expire(self) -> None:
         async with self._pool.connection() as conn:
-            cur = await conn.execute(_CLAIM, (LEASE_S, 4 * CONCURRENCY))
-            return list(await cur.fetchall())
+            await conn.execute(_EXPIRE, (GIVE_UP_S,))
+
+    async def _claim(self) -> list[tuple[str, tuple[Any, ...]]]:
+        failing = self._health.failing()
+        claimed: list[tuple[str, tuple[Any, ...]]] = []
+        async with self._pool.connection() as conn:
+            free = CONCURRENCY - self._busy["main"]
+            if free > 0:
+                cur = await conn.execute(_CLAIM, {
+                    "lease": LEASE_S, "per": PER_WEBHOOK, "limit": free, "only": None,
+                    "skip": [*self._in_flight, *failing]})  # fmt: skip
+                claimed += [("main", row) for row in await cur.fetchall()]
+            now = time.monotonic()
+            due = [w for w in self._health.due(now) if w not in self._in_flight]
+            free = PROBE_SLOTS - self._busy["probe"]
+            if due and free > 0:
+                cur = await conn.execute(_CLAIM, {"lease": LEASE_S, "per": 1, "limit": free,
+                                                  "only": due, "skip": []})  # fmt: skip
+                rows = await cur.fetchall()
+                claimed += [("probe", row) for row in rows]
+                for w in set(due[:free]) - {row[1] for row in rows}:
+                    self._health.idle(w, now)  # nothing of it due yet: look again later
+        return claimed
+
+    def _start(self, client: httpx.AsyncClient, lane: str, row: tuple[Any, ...]) -> None:
+        webhook_id = row[1]
+        self._busy[lane] += 1
+        self._in_flight[webhook_id] = self._in_flight.get(webhook_id, 0) + 1
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            self._busy[lane] -= 1
+            left = self._in_flight[webhook_id] - 1
+            if left:
+                self._in_flight[webhook_id] = left
+            else:
+                del self._in_flight[webhook_id]
+            if not task.cancelled() and task.exception() is not None:
+                log.error("webhook delivery failed unexpectedly", exc_info=task.exception())
+
+        task = asyncio.create_task(self._deliver(client, row), name=f"webhook-{row[0]}")
+        self._tasks.add(task)
+        task.add_done_callback(done)
 
     async def _deliver(self, client: httpx.AsyncClient, row: tuple[Any, ...]) -> None:
-        outbox_id, event_id, body_text, attempts, created_at, url, secret, deleted = row
+        outbox_id, webhook_id, event_id, body_text, attempts, created_at, url, secret, deleted = row
         if deleted:
             await self._finish(outbox_id, None, "subscription deleted", give_up=True)
             return
         body = orjson.dumps(orjson.loads(body_text))  # compact, the bytes that are signed
-        async with self._slots:
-            status: int | None = None
-            error: str | None = None
-            loop = asyncio.get_running_loop()
-            problem = await loop.run_in_executor(
-                None, lambda: url_problem(url, allow_private=self._allow_private))
-            if problem is not None:
-                error = f"refused: {problem}"
-            else:
-                ts = int(time.time())
-                headers = {"Content-Type": "application/json", "X-Milepost-Timestamp": str(ts),
-                           "X-Milepost-Signature": sign(secret, ts, body),
-                           "X-Milepost-Event-Id": str(event_id),
-                           "User-Agent": "milepost-webhooks/1"}  # fmt: skip
-                try:
-                    async with asyncio.timeout(TIMEOUT_S):
-                        r = await client.post(url, content=body, headers=headers)
-                    status = r.status_code
-                    if not 200 <= status < 300:
-                        error = f"HTTP {status}"
-                except (httpx.HTTPError, TimeoutError) as exc:
-                    error = f"{type(exc).__name__}: {exc}"[:500]
+        status: int | None = None
+        error: str | None = None
+        loop = asyncio.get_running_loop()
+        problem = await loop.run_in_executor(
+            None, lambda: url_problem(url, allow_private=self._allow_private))
+        if problem is not None:
+            error = f"refused: {problem}"
+        else:
+            ts = int(time.time())
+            headers = {"Content-Type": "application/json", "X-Milepost-Timestamp": str(ts),
+                       "X-Milepost-Signature": sign(secret, ts, body),
+                       "X-Milepost-Event-Id": str(event_id),
+                       "User-Agent": "milepost-webhooks/1"}  # fmt: skip
+            try:
+                async with asyncio.timeout(TIMEOUT_S):
+                    r = await client.post(url, content=body, headers=headers)
+                status = r.status_code
+                if not 200 <= status < 300:
+                    error = f"HTTP {status}"
+            except (httpx.HTTPError, TimeoutError) as exc:
+                error = f"{type(exc).__name__}: {exc}"[:500]
         if error is None:
             self.delivered += 1
+            self._health.succeeded(webhook_id)
             await self._finish(outbox_id, status, None, delivered=True)
             return
         self.failed += 1
+        self._health.failed(webhook_id, time.monotonic())
         age_s = time.time() - created_at.timestamp()
         give_up = age_s + backoff_s(attempts + 1) > GIVE_UP_S
         await self._finish(outbox_id, status, error, give_up=give_up, attempts=attempts + 1)

@@ -12,8 +12,10 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from ingest.webhooks import (
+    PAUSE_MAX_S,
     RETRY_BASE_S,
     RETRY_MAX_S,
+    ReceiverHealth,
     backoff_s,
     outbox_rows,
     sign,
@@ -75,6 +77,27 @@ def test_backoff_doubles_with_jitter_and_is_capped() -> None:
     assert RETRY_BASE_S * 0.8 <= waits[0] <= RETRY_BASE_S * 1.2
     assert 2 * RETRY_BASE_S * 0.8 <= waits[1] <= 2 * RETRY_BASE_S * 1.2
     assert max(waits) <= RETRY_MAX_S * 1.2 and waits[-1] >= RETRY_MAX_S * 0.8
+
+
+def test_a_failing_receiver_is_paused_longer_each_time_until_it_answers() -> None:
+    health = ReceiverHealth(random.Random(3))
+    assert health.failing() == [] and health.due(0.0) == []
+    pauses = [health.failed(7, now=100.0 * k) for k in range(1, 12)]
+    assert pauses[0] == pytest.approx(RETRY_BASE_S, rel=0.2)
+    assert pauses[1] == pytest.approx(2 * RETRY_BASE_S, rel=0.2)
+    assert max(pauses) == PAUSE_MAX_S  # capped: a receiver that comes back is noticed
+    health.failed(9, now=1100.0)
+    assert health.failing() == [7, 9]
+    assert health.due(1100.0) == []  # both pausing
+    # due once the pause is over, the one waiting longest first
+    assert health.due(1100.0 + PAUSE_MAX_S + 1) == [9, 7]
+    assert health.due(1100.0 + 3.0) == [9]
+    health.idle(9, now=1103.0)  # nothing of it was due: not looked at again at once
+    assert health.due(1103.0) == []
+    health.succeeded(9)
+    assert health.failing() == [7] and 9 not in health.due(1e9)
+    health.idle(9, now=0.0)  # a healthy one stays healthy
+    assert health.failing() == [7]
 
 
 def test_customers_see_no_fleet_detail() -> None:

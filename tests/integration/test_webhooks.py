@@ -10,6 +10,7 @@ import json
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -167,3 +168,68 @@ def test_webhooks_signed_retried_and_delivered_once(
                         ).status_code == 404  # fmt: skip
     assert httpx.delete(f"{api_url}/v1/webhooks/{webhook_id}", headers=auth).status_code == 204
     assert httpx.get(f"{api_url}/v1/webhooks", headers=auth).json()["webhooks"] == []
+
+
+def test_dead_and_slow_receivers_delay_no_one_else(
+    ingest: Proc, db: psycopg.Connection, receiver: Receiver
+) -> None:
+    """Backlogs for a receiver that never answers in time, one that refuses connections
+    and one whose name does not resolve are ahead of a healthy receiver's one event in
+    the outbox: it is still delivered at once, and the dead ones are paused, not hammered."""
+    receiver.fail_left = 0
+    stall = threading.Event()
+
+    class Tarpit(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            stall.wait(15.0)
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    tarpit = ThreadingHTTPServer(("127.0.0.1", free_port()), Tarpit)
+    threading.Thread(target=tarpit.serve_forever, daemon=True).start()
+    dead = [f"http://127.0.0.1:{tarpit.server_port}/slow", f"http://127.0.0.1:{free_port()}/x",
+            "http://no-such-receiver.invalid/hook"]  # fmt: skip
+    hooks = []
+    try:
+        for url in [*dead, receiver.url]:
+            secret = receiver.secret.decode() if url == receiver.url else "s" * 24
+            hooks.append(db.execute(
+                "INSERT INTO webhook (url, events, secret, tracking_numbers)"
+                " VALUES (%s, '{parcel.status}', %s, '{WH-NONE}') RETURNING webhook_id",
+                (url, secret)).fetchone()[0])  # fmt: skip
+        with db.cursor() as cur:  # 300 events each for the dead, due a minute before
+            cur.executemany(
+                "INSERT INTO webhook_outbox (webhook_id, event_id, type, body, next_attempt_at)"
+                " VALUES (%s, %s, 'parcel.status', %s, now() - interval '1 minute')",
+                [(w, e, orjson.dumps({"event_id": str(e), "type": "parcel.status",
+                                      "occurred_at": "2026-12-02T08:00:00Z", "data": {}}).decode())
+                 for w in hooks[:3] for e in (uuid.uuid4() for _ in range(300))])  # fmt: skip
+            mine = uuid.uuid4()
+            cur.execute(
+                "INSERT INTO webhook_outbox (webhook_id, event_id, type, body)"
+                " VALUES (%s, %s, 'parcel.status', %s)",
+                (hooks[3], mine, orjson.dumps({"event_id": str(mine), "type": "parcel.status",
+                                               "occurred_at": "2026-12-02T08:00:00Z",
+                                               "data": {}}).decode()))  # fmt: skip
+        db.commit()
+        t0 = time.monotonic()
+        wait_until(lambda: str(mine) in receiver.events, timeout=15,
+                   what="the healthy receiver's event behind 900 for dead ones")  # fmt: skip
+        took = time.monotonic() - t0
+        time.sleep(3.0)
+        tried = dict(db.execute(
+            "SELECT webhook_id, count(*) FILTER (WHERE attempts > 0 OR next_attempt_at > now())"
+            " FROM webhook_outbox"
+            " WHERE webhook_id = ANY (%s) GROUP BY 1", (hooks[:3],)).fetchall())  # fmt: skip
+        # each dead receiver got its first few tries (or has them in flight), then a paused
+        # probe or two
+        assert all(0 < tried[w] <= 12 for w in hooks[:3]), (tried, took)
+    finally:
+        stall.set()
+        tarpit.shutdown()
+        tarpit.server_close()
+        db.execute("UPDATE webhook SET deleted_at = now() WHERE webhook_id = ANY (%s)", (hooks,))
+        db.commit()
