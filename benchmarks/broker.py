@@ -280,6 +280,59 @@ class Publishers:
             c.loop_stop()
 
 
+class LinePublishers:
+    """One ``mosquitto_pub -l`` (the broker project's own C client) per vehicle, each
+    publishing every line written to its stdin as one QoS 1 message on its own topic,
+    with up to ``max_inflight`` unacknowledged.
+
+    For load at a paced rate: a Python publisher costs this 2-core machine as much CPU as
+    the ingest it loads (paho: ~3,000 messages/s a process before its own queue grows),
+    so its backlog, not milepost's, would be measured. Here the pacing loop only writes
+    lines to pipes. Payloads must not contain a newline (JSON from gps_json.encode has
+    none)."""
+
+    def __init__(self, host: str, port: int, vans: dict[str, str],
+                 max_inflight: int = 1000) -> None:  # fmt: skip
+        exe = shutil.which("mosquitto_pub")
+        if exe is None:
+            raise BrokerError("mosquitto_pub not found (Debian package mosquitto-clients)")
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        tag = secrets.token_hex(3)
+        for v, password in vans.items():
+            self._procs[v] = subprocess.Popen(
+                [exe, "-h", host, "-p", str(port), "-u", v, "-P", password, "-q", "1",
+                 "-M", str(max_inflight), "-i", f"bench-line-{v}-{tag}",
+                 "-t", f"fleet/{v}/gps", "-l"],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                bufsize=0)  # fmt: skip
+        self.published = 0
+
+    def publish(self, vehicle: str, payload: bytes) -> None:
+        proc = self._procs[vehicle]
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(payload + b"\n")
+        except BrokenPipeError:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise BrokerError(f"mosquitto_pub for {vehicle} exited: {err.strip()}") from None
+        self.published += 1
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """End every input; each client exits once its messages are acknowledged."""
+        for proc in self._procs.values():
+            if proc.stdin is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
+        deadline = time.monotonic() + timeout_s
+        for v, proc in self._procs.items():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise BrokerError(f"mosquitto_pub for {v} did not finish in time") from None
+
+
 def publish_backlog(broker: BenchBroker, payloads: dict[str, list[bytes]],
                     timeout_s: float) -> float:  # fmt: skip
     """Publish every vehicle's payloads, interleaved across vehicles; seconds until all

@@ -16,6 +16,7 @@ written to var/faults/report.json. Needs root (it stops and starts PostgreSQL).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import signal
@@ -55,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", type=float, metavar="MINUTES", default=None,
                         help="instead: the long day (faults/soak.py) for MINUTES, 10x the"
                              " demo's load; writes benchmarks/results/soak.json")
+    for name, kind, what in (("vans", int, "vans publishing"),
+                             ("rate_hz", float, "messages a second per van"),
+                             ("seconds", float, "seconds of publishing, the fault included"),
+                             ("per_message", int, "fixes a message (a JSON array when > 1)")):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
+                            help=f"{what} (a full run: {getattr(Load(), name)})")
     args = parser.parse_args(argv)
     # a SIGTERM (a CI timeout, ^C from make) still stops what the rigs started
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -74,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"counts: {result['counts']}; faults: {len(result['faults'])}")
         return 0 if result["pass"] else 1
     load = Load().short() if args.short else Load()
+    load = dataclasses.replace(load, **{k: getattr(args, k) for k in
+                                        ("vans", "rate_hz", "seconds", "per_message")
+                                        if getattr(args, k) is not None})  # fmt: skip
     print(f"faults: {'short' if args.short else 'full'} run, seed {seed}, {load}", flush=True)
     results: list[Counts] = []
     for name in args.only or list(FAULTS):

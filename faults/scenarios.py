@@ -41,6 +41,7 @@ class Load:
     faults: int = 3  # kills or restarts per run
     outage_s: float = 30.0  # PostgreSQL down
     garbage_s: float = 60.0  # a gate sending garbage between its reads
+    per_message: int = 1  # fixes a message (more: a JSON array, as a gateway sends)
 
     def short(self) -> Load:
         return Load(vans=3, rate_hz=10.0, seconds=12.0, faults=2, outage_s=5.0, garbage_s=3.0)
@@ -82,10 +83,11 @@ class Counts:
 
 
 class Publishing:
-    """Every van publishes one fix per message at ``rate_hz`` in a thread, until stopped."""
+    """Every van publishes ``per_message`` fixes a message (numbered on) at ``rate_hz``
+    in a thread, until stopped."""
 
-    def __init__(self, vans: list[Van], rate_hz: float) -> None:
-        self.vans, self.rate_hz = vans, rate_hz
+    def __init__(self, vans: list[Van], rate_hz: float, per_message: int = 1) -> None:
+        self.vans, self.rate_hz, self.per_message = vans, rate_hz, per_message
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="publishing", daemon=True)
         self.messages = 0
@@ -93,8 +95,9 @@ class Publishing:
     def _run(self) -> None:
         start, seq = time.monotonic(), 0
         while not self._stop.is_set():
+            seqs = list(range(seq * self.per_message, (seq + 1) * self.per_message))
             for van in self.vans:
-                van.publish([seq])
+                van.publish(seqs)
                 self.messages += 1
                 if self.messages % BAD_EVERY == 0:
                     van.publish_bad()
@@ -150,7 +153,7 @@ def ingest_kill9(load: Load, rng: random.Random) -> Counts:
     with rig("ingest_kill9", load.vans) as r:
         t0 = time.monotonic()
         vans = _vans(r)
-        with Publishing(vans, load.rate_hz):
+        with Publishing(vans, load.rate_hz, load.per_message):
             for at in _random_moments(load.faults, load.seconds, rng):
                 time.sleep(max(0.0, t0 + at - time.monotonic()))
                 r.ingest.kill9()
@@ -168,7 +171,7 @@ def postgres_stopped(load: Load, rng: random.Random) -> Counts:
         t0 = time.monotonic()
         vans = _vans(r)
         try:
-            with Publishing(vans, load.rate_hz):
+            with Publishing(vans, load.rate_hz, load.per_message):
                 time.sleep(load.seconds * 0.2)
                 stack.stop_postgres(STATE_DIR)
                 time.sleep(load.outage_s)
@@ -187,7 +190,7 @@ def broker_restarted(load: Load, rng: random.Random) -> Counts:
     with rig("broker_restarted", load.vans) as r:
         t0 = time.monotonic()
         vans = _vans(r)
-        with Publishing(vans, load.rate_hz):
+        with Publishing(vans, load.rate_hz, load.per_message):
             for at in _random_moments(load.faults, load.seconds, rng):
                 time.sleep(max(0.0, t0 + at - time.monotonic()))
                 r.broker.restart(down_s=rng.uniform(0.5, 3.0))
@@ -229,7 +232,7 @@ def clock_skew(load: Load, rng: random.Random) -> Counts:
                 for i, vid in enumerate(r.vans)]  # fmt: skip
         for v in vans:
             v.wait_connected()
-        with Publishing(vans, load.rate_hz):
+        with Publishing(vans, load.rate_hz, load.per_message):
             time.sleep(min(load.seconds, 10.0))
         settle(r, vans)
         return tally("device clocks 10 min off", r, vans, t0)
