@@ -52,6 +52,11 @@ def response_for(exc: Exception) -> JsonResponse | None:
     return None
 
 
+def http_error(exc: StarletteHTTPException) -> JsonResponse:
+    code = _CODES.get(exc.status_code, "error")
+    return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+
 def install(app: FastAPI) -> None:
     async def _ours(_: Request, exc: Exception) -> JsonResponse:
         response = response_for(exc)
@@ -64,8 +69,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JsonResponse:
-        code = _CODES.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+        return http_error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JsonResponse:

@@ -126,7 +126,7 @@ async def get_parcel(
 
 
 async def get_parcel_fast(request: Request) -> Response:
-    """``get_parcel`` as a plain Starlette endpoint, routed before it (``api.app``): the
+    """``get_parcel`` as a plain endpoint, served before the FastAPI stack (``api.app``): the
     same answer, without FastAPI's dependency resolution and parameter validation, which
     cost more than the query on this, the customers' hot path."""
     caller = await _customer_or_dispatcher(request)

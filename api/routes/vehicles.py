@@ -166,7 +166,7 @@ async def list_vehicles(
 
 
 async def list_vehicles_fast(request: Request) -> Response:
-    """``list_vehicles`` as a plain Starlette endpoint, routed before it (``api.app``): the
+    """``list_vehicles`` as a plain endpoint, served before the FastAPI stack (``api.app``): the
     same answer, without FastAPI's dependency resolution and parameter validation."""
     await _dispatcher(request)
     return await vehicles_answer(request, pool(request), request.query_params.get("bbox"))
