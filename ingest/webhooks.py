@@ -325,14 +325,15 @@ class WebhookSender:
                     "skip": [*self._in_flight, *failing]})  # fmt: skip
                 claimed += [("main", row) for row in await cur.fetchall()]
             now = time.monotonic()
-            due = [w for w in self._health.due(now) if w not in self._in_flight]
             free = PROBE_SLOTS - self._busy["probe"]
-            if due and free > 0:
+            # the longest waiting first, as many as there are slots: none left out by LIMIT
+            due = [w for w in self._health.due(now) if w not in self._in_flight][:max(free, 0)]
+            if due:
                 cur = await conn.execute(_CLAIM, {"lease": LEASE_S, "per": 1, "limit": free,
                                                   "only": due, "skip": []})  # fmt: skip
                 rows = await cur.fetchall()
                 claimed += [("probe", row) for row in rows]
-                for w in set(due[:free]) - {row[1] for row in rows}:
+                for w in set(due) - {row[1] for row in rows}:
                     self._health.idle(w, now)  # nothing of it due yet: look again later
         return claimed
 
