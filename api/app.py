@@ -13,7 +13,6 @@ from typing import Final, TypedDict
 
 from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
@@ -79,9 +78,8 @@ class FastPaths:
         self.app, self.metrics = app, metrics
         self.routes: list[tuple[Route, Callable[[Request], Awaitable[Response]]]] = []
         for path, endpoint in FAST_ENDPOINTS:
-            route = Route(path, endpoint, methods=["GET"])
-            route.methods = {"GET"}  # as the FastAPI route: no implicit HEAD
-            self.routes.append((route, endpoint))
+            # only a GET is matched against it (a HEAD goes on to the FastAPI route)
+            self.routes.append((Route(path, endpoint, methods=["GET"]), endpoint))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
@@ -102,8 +100,6 @@ class FastPaths:
             response: Response = await endpoint(Request(scope, receive))
         except Exception as exc:  # answered in the error format, as the app does
             ours = errors.response_for(exc)
-            if ours is None and isinstance(exc, StarletteHTTPException):
-                ours = errors.http_error(exc)
             if ours is None:
                 log.exception("%s %s failed", scope["method"], scope["path"])
                 ours = errors.error_response(500, "internal", "internal server error")

@@ -42,6 +42,9 @@ def response_for(exc: Exception) -> JsonResponse | None:
     one of ours (a bug: the server's 500)."""
     if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.headers)
+    if isinstance(exc, StarletteHTTPException):
+        return error_response(exc.status_code, _CODES.get(exc.status_code, "error"),
+                              str(exc.detail), exc.headers)  # fmt: skip
     if isinstance(exc, psycopg.OperationalError):
         return error_response(503, "unavailable", "the database is unavailable; retry shortly",
                               {"Retry-After": "5"})  # fmt: skip
@@ -52,11 +55,6 @@ def response_for(exc: Exception) -> JsonResponse | None:
     return None
 
 
-def http_error(exc: StarletteHTTPException) -> JsonResponse:
-    code = _CODES.get(exc.status_code, "error")
-    return error_response(exc.status_code, code, str(exc.detail), exc.headers)
-
-
 def install(app: FastAPI) -> None:
     async def _ours(_: Request, exc: Exception) -> JsonResponse:
         response = response_for(exc)
@@ -64,12 +62,9 @@ def install(app: FastAPI) -> None:
             raise exc
         return response
 
-    for exc_class in (ApiError, psycopg.OperationalError, psycopg.DataError):
+    for exc_class in (ApiError, StarletteHTTPException, psycopg.OperationalError,
+                      psycopg.DataError):
         app.add_exception_handler(exc_class, _ours)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JsonResponse:
-        return http_error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JsonResponse:
