@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -28,16 +29,25 @@ def test_kill_9_mid_stream_loses_nothing_and_stores_nothing_twice(
     time.sleep(0.3)
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
     total = 5000
-    lines = b"\n".join(orjson.dumps({"ts": (t0 + timedelta(seconds=k)).isoformat(),
-                                     "lat": 52.5, "lon": 13.4 + k * 1e-6, "seq": k})
-                       for k in range(total)) + b"\n"  # fmt: skip
+    lines = [orjson.dumps({"ts": (t0 + timedelta(seconds=k)).isoformat(),
+                           "lat": 52.5, "lon": 13.4 + k * 1e-6, "seq": k}) + b"\n"
+             for k in range(total)]  # fmt: skip
     publisher = subprocess.Popen(
         ["mosquitto_pub", *BROKER, "-u", vid, "-P", password, "-q", "1",
          "-t", f"fleet/{vid}/gps", "-l"], stdin=subprocess.PIPE,
     )  # fmt: skip
     assert publisher.stdin is not None
-    publisher.stdin.write(lines)
-    publisher.stdin.close()
+    stdin = publisher.stdin
+
+    def feed() -> None:  # ~2,000 fixes/s: the crash comes while they still flow
+        for k in range(0, len(lines), 100):
+            stdin.write(b"".join(lines[k : k + 100]))
+            stdin.flush()
+            time.sleep(0.05)
+        stdin.close()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
 
     def stored() -> int:
         return count(db, "SELECT count(*) FROM gps_fix WHERE vehicle_id = %s", vid)
@@ -47,6 +57,7 @@ def test_kill_9_mid_stream_loses_nothing_and_stores_nothing_twice(
     first.proc.wait()
     at_crash = stored()
     assert at_crash < total, "the crash came too late to test anything"
+    feeder.join(30)
     assert publisher.wait(60) == 0
 
     second = spawn("ingest", extra_env=env)  # same client id: the broker resumes the session
