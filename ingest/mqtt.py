@@ -169,6 +169,7 @@ class MqttSource:
         self._generation = 0
         self.pending: deque[tuple[str, bytes, AckToken]] = deque()
         self._wake: asyncio.Future[None] | None = None
+        self._closing = False
         self.connected = False
         self.connects = 0
 
@@ -229,6 +230,8 @@ class MqttSource:
         """paho's callback for each PUBLISH, on the event loop: to ``take`` at once when
         nothing waits before it, else to ``pending``. It must not raise: paho would
         re-raise, and aiomqtt drop the connection."""
+        if self._closing:  # not taken, not acknowledged: the next session gets it again
+            return
         try:
             topic = message.topic
         except UnicodeDecodeError:  # (brokers refuse such topics): a dead letter
@@ -257,7 +260,7 @@ class MqttSource:
         clock = time.perf_counter
         while True:
             since = clock()
-            while pending:
+            while pending and not self._closing:
                 # it stays first in line while it is handled, so nothing overtakes it
                 topic, payload, token = pending[0]
                 if not self._take(topic, payload, token):
@@ -275,6 +278,10 @@ class MqttSource:
                 await asyncio.wait((wake, disconnected), return_when=asyncio.FIRST_COMPLETED)
             finally:
                 self._wake = None
+
+    def close_intake(self) -> None:
+        """Take no more messages (ingest is stopping); acknowledging goes on."""
+        self._closing = True
 
     async def run(self) -> None:
         """Run until cancelled; broker outages are logged once and retried with backoff."""

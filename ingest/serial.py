@@ -267,6 +267,7 @@ class GateSupervisor:
         self._pool = pool
         self._sink = sink
         self.readers: dict[str, GateReader] = {}
+        self._stopped = False
 
     async def _gates(self) -> dict[str, GateConfig]:
         async with self._pool.connection() as conn:
@@ -275,7 +276,11 @@ class GateSupervisor:
             return {row[0]: gate_from_row(row) for row in await cur.fetchall()}
 
     async def reconcile(self) -> None:
+        if self._stopped:
+            return
         gates = await self._gates()
+        if self._stopped:
+            return
         loop = asyncio.get_running_loop()
         for gate_id, reader in list(self.readers.items()):
             if gates.get(gate_id) != reader.gate:
@@ -300,7 +305,12 @@ class GateSupervisor:
                                 exc)  # fmt: skip
                 await asyncio.sleep(RELOAD_S)
         finally:
-            for reader in self.readers.values():
-                reader.stop()
-            for reader in self.readers.values():
-                await asyncio.to_thread(reader.join, 2.0)
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Stop every reader (each hands over what it read) and start none again."""
+        self._stopped = True
+        for reader in self.readers.values():
+            reader.stop()
+        for reader in self.readers.values():
+            await asyncio.to_thread(reader.join, 2.0)

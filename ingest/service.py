@@ -34,6 +34,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ from milepost.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_CLOSED_BATCHES = 2
+DRAIN_S = 10.0  # on SIGTERM: at most this long to write and acknowledge what was taken
 POD_SOURCE = "http:/v1/pod"
 # unacknowledged messages the broker may have in flight to us: the local stack's
 # Mosquitto sets max_inflight_messages to this
@@ -131,6 +133,7 @@ class Ingest:
         # flush before the receive window fills, so a closed batch and an open one both fit
         self._batch = Batch(settings.batch_max_rows, RECEIVE_MAXIMUM // 2, settings.batch_max_ms)
         self._closed: asyncio.Queue[Drained] = asyncio.Queue(MAX_CLOSED_BATCHES - 1)
+        self._unwritten = 0  # batches closed and not yet committed and acknowledged
         self._prepared: asyncio.Queue[tuple[Drained, Prepared]] = asyncio.Queue(1)
         self._wakeup = asyncio.Event()
         self._owntracks = Registry(pool, "owntracks_id")
@@ -173,6 +176,7 @@ class Ingest:
         if batch.due():
             if not self._closed.full():
                 self._closed.put_nowait(batch.drain())
+                self._unwritten += 1
         elif was_empty:
             self._wakeup.set()
         return True
@@ -316,6 +320,7 @@ class Ingest:
 
     async def _close_batch(self) -> None:
         drained = self._batch.drain()
+        self._unwritten += 1
         await self._closed.put(drained)  # waits while the writer is behind: backpressure
 
     async def run_batcher(self) -> None:
@@ -368,6 +373,7 @@ class Ingest:
                 log.info("database writes resumed after %.1f s", time.monotonic() - failed_at)
             dt = time.perf_counter() - t0
             self.mqtt.ack(drained.tokens)
+            self._unwritten -= 1
             s = self.stats
             s.stored += flushed.stored
             s.duplicates += flushed.duplicates
@@ -541,7 +547,35 @@ class Ingest:
         except psycopg.OperationalError as exc:
             log.debug("cannot store the stats (%s)", exc)
 
-    async def run(self) -> None:
+    async def drain(self, timeout_s: float = DRAIN_S) -> bool:
+        """The graceful end (SIGTERM, Ctrl-C), before the tasks are cancelled: the gates'
+        readers stop and hand over what they read, the broker's messages are no longer
+        taken (unacknowledged, they go to the next session), passes still open are closed,
+        and everything taken is written and acknowledged. False when ``timeout_s`` ran out
+        first (the database is down, say): then what was not written is not acknowledged
+        either, and the broker delivers it again; only serial reads of that rest are lost,
+        as they are in a crash."""
+        deadline = time.monotonic() + timeout_s
+        self.mqtt.close_intake()
+        await self.gates.stop()
+        closed = self.pipeline.flush_passes(None)
+        if len(closed):
+            self._batch.add_evidence("passes", closed)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._batch.messages:
+                try:
+                    await asyncio.wait_for(self._close_batch(), left)
+                except TimeoutError:
+                    return False
+            if self._unwritten == 0 and self._batch.messages == 0:
+                return True
+            await asyncio.sleep(0.01)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until cancelled, or until ``stop`` is set: then :meth:`drain` and end."""
         # A backlog drained after an outage puts tens of thousands of message objects in
         # flight at once, and the default collector thresholds then run full collections
         # that grow with it (py-spy: a quarter of a drain). Freeze what start-up allocated
@@ -549,16 +583,36 @@ class Ingest:
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.mqtt.run(), name="mqtt")
-            tg.create_task(self.run_batcher(), name="batcher")
-            tg.create_task(self.run_prepare(), name="prepare")
-            tg.create_task(self.run_writer(), name="writer")
-            tg.create_task(self.run_stats(), name="stats")
-            tg.create_task(self.gates.run(), name="gates")
-            tg.create_task(self.run_passes(), name="passes")
-            tg.create_task(self.run_plan(), name="plan")
-            tg.create_task(self.run_inbox(), name="inbox")
-            tg.create_task(self.webhooks.run(), name="webhooks")
+            tasks = self._start(tg)
+            if stop is not None:
+                await stop.wait()
+                t0 = time.monotonic()
+                log.info("stopping: taking no more messages; writing what was taken")
+                s = self.stats
+                stored, reads = s.stored, s.reads
+                if await self.drain():
+                    log.info("stopped in %.1f s: the last %d fixes and %d reads written and"
+                             " acknowledged; in all %d fixes stored, duplicates %d",
+                             time.monotonic() - t0, s.stored - stored, s.reads - reads,
+                             s.stored, s.duplicates)  # fmt: skip
+                else:
+                    log.warning("stopping after %.0f s with batches not written (the broker"
+                                " delivers their messages again)", DRAIN_S)  # fmt: skip
+                for task in tasks:
+                    task.cancel()
+
+    def _start(self, tg: asyncio.TaskGroup) -> list[asyncio.Task[Any]]:
+        return [
+            tg.create_task(self.mqtt.run(), name="mqtt"),
+            tg.create_task(self.run_batcher(), name="batcher"),
+            tg.create_task(self.run_prepare(), name="prepare"),
+            tg.create_task(self.run_writer(), name="writer"),
+            tg.create_task(self.run_stats(), name="stats"),
+            tg.create_task(self.gates.run(), name="gates"),
+            tg.create_task(self.run_passes(), name="passes"),
+            tg.create_task(self.run_plan(), name="plan"),
+            tg.create_task(self.run_inbox(), name="inbox"),
+            tg.create_task(self.webhooks.run(), name="webhooks"),
             tg.create_task(
                 retention.run(
                     self._pool,
@@ -567,11 +621,17 @@ class Ingest:
                     ),
                 ),
                 name="retention",
-            )
+            ),
+        ]
 
 
 async def serve(settings: Settings, mqtt_credentials: tuple[str, str] | None) -> None:
-    """Run ingest until cancelled."""
+    """Run ingest until SIGTERM or SIGINT (then drain: see :meth:`Ingest.drain`), or until
+    cancelled."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     ca_file = str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None
     broker = BrokerAddress.from_url(settings.mqtt_url, mqtt_credentials, ca_file)
     pool = AsyncConnectionPool(
@@ -580,6 +640,6 @@ async def serve(settings: Settings, mqtt_credentials: tuple[str, str] | None) ->
     )  # fmt: skip
     await pool.open(wait=False)
     try:
-        await Ingest(settings, pool, broker).run()
+        await Ingest(settings, pool, broker).run(stop)
     finally:
         await pool.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import signal
 import subprocess
@@ -69,4 +70,67 @@ def test_kill_9_mid_stream_loses_nothing_and_stores_nothing_twice(
         "SELECT seq FROM gps_fix WHERE vehicle_id = %s ORDER BY seq", (vid,))]
     assert seqs == list(range(total))
     second.stop()  # it would read every gate and store every fix alongside the shared ingest
+    forget_session(client_id)
+
+
+def test_sigterm_writes_and_acknowledges_what_was_taken_and_the_rest_waits_in_the_broker(
+    spawn: Callable[..., Proc], cli: Callable[..., str], db: psycopg.Connection,
+) -> None:
+    """SIGTERM mid-stream: ingest stops taking messages, writes and acknowledges what it
+    took, and exits; the next session gets only the rest, so nothing is delivered twice."""
+    client_id = f"milepost-term-{secrets.token_hex(3)}"
+    env = {"MILEPOST_MQTT_CLIENT_ID": client_id, "MILEPOST_BATCH_MAX_ROWS": "200"}
+    first = spawn("ingest", extra_env=env)
+    first.wait_for("subscribed to")
+    vid = f"TERM-{secrets.token_hex(3)}"
+    password = cli("devices", "add", vid)
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    total = 6000
+    lines = [orjson.dumps({"ts": (t0 + timedelta(seconds=k)).isoformat(),
+                           "lat": 52.5, "lon": 13.4 + k * 1e-6, "seq": k}) + b"\n"
+             for k in range(total)]  # fmt: skip
+    publisher = subprocess.Popen(
+        ["mosquitto_pub", *BROKER, "-u", vid, "-P", password, "-q", "1",
+         "-t", f"fleet/{vid}/gps", "-l"], stdin=subprocess.PIPE,
+    )  # fmt: skip
+    assert publisher.stdin is not None
+    stdin = publisher.stdin
+
+    def feed() -> None:  # ~2,000 fixes/s: the stop comes while they flow
+        for k in range(0, total, 100):
+            stdin.write(b"".join(lines[k : k + 100]))
+            stdin.flush()
+            time.sleep(0.05)
+        stdin.close()
+
+    def stored() -> int:
+        return count(db, "SELECT count(*) FROM gps_fix WHERE vehicle_id = %s", vid)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    wait_until(lambda: stored() >= 500, what="some fixes stored before the stop")
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.proc.wait(15) == 0, first.text()
+    at_stop = stored()
+    assert at_stop < total, "the stop came too late to test anything"
+    said = re.search(r"stopped in [\d.]+ s: .* in all (\d+) fixes stored", first.text())
+    assert said is not None, first.text()
+    assert int(said.group(1)) == at_stop  # what it wrote, and nothing after it went
+    feeder.join(30)
+    assert publisher.wait(60) == 0
+
+    second = spawn("ingest", extra_env=env)  # the session kept the rest
+    second.wait_for("subscribed to")
+    wait_until(lambda: stored() >= total, timeout=60, what=f"all {total} fixes")
+    time.sleep(1.0)
+    second.proc.send_signal(signal.SIGTERM)
+    assert second.proc.wait(15) == 0, second.text()
+    assert stored() == total
+    seqs = [r[0] for r in db.execute(
+        "SELECT seq FROM gps_fix WHERE vehicle_id = %s ORDER BY seq", (vid,))]
+    assert seqs == list(range(total))
+    # every fix the first one wrote was acknowledged before it disconnected
+    again = re.search(r"in all (\d+) fixes stored, duplicates (\d+)", second.text())
+    assert again is not None, second.text()
+    assert (int(again.group(1)), int(again.group(2))) == (total - at_stop, 0)
     forget_session(client_id)

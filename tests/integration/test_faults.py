@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
