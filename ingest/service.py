@@ -558,9 +558,16 @@ class Ingest:
         deadline = time.monotonic() + timeout_s
         self.mqtt.close_intake()
         await self.gates.stop()
+        if not await self._write_all(deadline):
+            return False
+        # the reads just written opened passes that no quiet gap will close now
         closed = self.pipeline.flush_passes(None)
         if len(closed):
             self._batch.add_evidence("passes", closed)
+        return await self._write_all(deadline)
+
+    async def _write_all(self, deadline: float) -> bool:
+        """Close the open batch and wait until every closed one is written, by ``deadline``."""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import secrets
+import signal
+import termios
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +17,7 @@ import psycopg
 from devices.epc import encode_sscc96
 from devices.records import TagRead
 from devices.rfid import ascii, mercury
-from tests.integration.conftest import Proc, Pty, wait_until
+from tests.integration.conftest import Proc, Pty, forget_session, wait_until
 from tests.integration.test_gps_slice import count
 
 
@@ -150,3 +154,40 @@ def test_simulated_gates_of_every_protocol_give_one_pass_per_carry(
         assert sorted(passes) == sorted((c.epc_hex, c.direction) for c in mine), g.protocol
     assert count(db, "SELECT count(*) FROM dead_letter WHERE source LIKE %s",
                  f"gate:SIM{tag_}-%") > 0  # the line noise was caught, not decoded  # fmt: skip
+
+
+def test_sigterm_writes_the_reads_and_closes_the_passes_it_holds(
+    spawn: Callable[..., Proc], cli: Callable[..., str], db: psycopg.Connection, pty: Pty,
+    tmp_path: Path,
+) -> None:
+    """Serial reads have no acknowledgement and no second delivery: a graceful stop writes
+    the open batch, and closes the passes still open (the quiet gap had not come yet)."""
+    client_id = f"milepost-term-{secrets.token_hex(3)}"
+    proc = spawn("ingest", extra_env={"MILEPOST_MQTT_CLIENT_ID": client_id,
+                                      "MILEPOST_BATCH_MAX_MS": "30000"})  # fmt: skip
+    proc.wait_for("subscribed to")
+    gate_id = f"G-{secrets.token_hex(3)}"
+    load_gate(cli, tmp_path, gate_id, str(pty.link), "mercury")
+    proc.wait_for(f"gate {gate_id}: reading", timeout=15)
+    tags = epcs(3)
+    # each parcel seen in the hall, then at the dock, over 0.5 s: outbound passes, open
+    # until 3 s of quiet
+    for antenna in [1] * 8 + [2] * 8:
+        pty.write(b"".join(mercury.encode_tag_record_frame(TagRead(
+            e, antenna=antenna, rssi=-60.0, rssi_dbm=True, offset_ms=0, frequency_khz=915250,
+            phase_deg=0)) for e in tags))  # fmt: skip
+        time.sleep(0.03)
+    unread = array.array("i", [1])
+    deadline = time.monotonic() + 10
+    while unread[0] and time.monotonic() < deadline:  # until the reader has taken them
+        fcntl.ioctl(pty.slave, termios.FIONREAD, unread)
+        time.sleep(0.01)
+    assert unread[0] == 0, "the gate's reader did not read the frames"
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.proc.wait(15) == 0, proc.text()
+    forget_session(client_id)
+    assert "stopped in" in proc.text()
+    assert sorted(r[0] for r in reads_of(db, gate_id)) == sorted(tags * 16)
+    passes = db.execute("SELECT epc, direction FROM gate_pass WHERE gate_id = %s",
+                        (gate_id,)).fetchall()  # fmt: skip
+    assert sorted(passes) == sorted((e, "out") for e in tags)
