@@ -230,7 +230,7 @@ class MqttSource:
         """paho's callback for each PUBLISH, on the event loop: to ``take`` at once when
         nothing waits before it, else to ``pending``. It must not raise: paho would
         re-raise, and aiomqtt drop the connection."""
-        if self._closing:  # not taken, not acknowledged: the next session gets it again
+        if self._closing:  # not taken, not acknowledged: the session delivers it again (QoS 1)
             return
         try:
             topic = message.topic
@@ -310,6 +310,9 @@ class MqttSource:
                     delay = BACKOFF_MIN_S
                     await self._handle_pending(client)
             except aiomqtt.MqttError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # the disconnect of a cancel failed
+                    raise asyncio.CancelledError from exc
                 if down_since is None:
                     down_since = time.monotonic()
                     log.warning("broker unavailable (%s); retrying with backoff", exc)

@@ -286,11 +286,11 @@ class GateSupervisor:
             if gates.get(gate_id) != reader.gate:
                 reader.stop()
                 await asyncio.to_thread(reader.join)
-                del self.readers[gate_id]
+                self.readers.pop(gate_id, None)
                 log.info("gate %s: stopped (%s)", gate_id,
                          "changed" if gate_id in gates else "removed")  # fmt: skip
         for gate_id, gate in gates.items():
-            if gate_id not in self.readers:
+            if gate_id not in self.readers and not self._stopped:
                 reader = GateReader(gate, self._sink, loop)
                 reader.start()
                 self.readers[gate_id] = reader
@@ -305,12 +305,16 @@ class GateSupervisor:
                                 exc)  # fmt: skip
                 await asyncio.sleep(RELOAD_S)
         finally:
-            await self.stop()
+            await self.stop(2.0)
 
-    async def stop(self) -> None:
-        """Stop every reader (each hands over what it read) and start none again."""
+    async def stop(self, timeout_s: float) -> bool:
+        """Stop every reader (each hands over what it read) and start none again; False
+        when one has not ended within ``timeout_s`` (it waits to hand over its reads)."""
         self._stopped = True
-        for reader in self.readers.values():
+        readers = list(self.readers.values())
+        for reader in readers:
             reader.stop()
-        for reader in self.readers.values():
-            await asyncio.to_thread(reader.join, 2.0)
+        deadline = time.monotonic() + timeout_s
+        while any(r.is_alive() for r in readers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # the loop runs on: a reader's last hand-over needs it
+        return not any(r.is_alive() for r in readers)

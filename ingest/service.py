@@ -321,7 +321,11 @@ class Ingest:
     async def _close_batch(self) -> None:
         drained = self._batch.drain()
         self._unwritten += 1
-        await self._closed.put(drained)  # waits while the writer is behind: backpressure
+        try:
+            await self._closed.put(drained)  # waits while the writer is behind: backpressure
+        except BaseException:  # cancelled (a stop that ran out of time): never written
+            self._unwritten -= 1
+            raise
 
     async def run_batcher(self) -> None:
         while True:
@@ -557,7 +561,9 @@ class Ingest:
         as they are in a crash."""
         deadline = time.monotonic() + timeout_s
         self.mqtt.close_intake()
-        await self.gates.stop()
+        if not await self.gates.stop(max(0.0, deadline - time.monotonic())):
+            log.warning("a gate's reader did not stop in time; its last reads may be lost")
+            return False
         if not await self._write_all(deadline):
             return False
         # the reads just written opened passes that no quiet gap will close now
@@ -637,8 +643,15 @@ async def serve(settings: Settings, mqtt_credentials: tuple[str, str] | None) ->
     cancelled."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def on_signal() -> None:  # a second one ends at once, what is unwritten unacknowledged
+        if stop.is_set() and main is not None:
+            main.cancel()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     ca_file = str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None
     broker = BrokerAddress.from_url(settings.mqtt_url, mqtt_credentials, ca_file)
     pool = AsyncConnectionPool(

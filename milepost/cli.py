@@ -311,7 +311,8 @@ def ingest(ctx: click.Context) -> None:
     s = _settings(ctx)
     _logging(s.log_level)
     _db_call(run_migrate, s.database_url)
-    with contextlib.suppress(KeyboardInterrupt):
+    # a second SIGTERM or Ctrl-C during the graceful stop cancels it
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         asyncio.run(serve(s, _ingest_credentials(s)))
 
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import psycopg
 
-from tests.integration.conftest import Proc, forget_session, wait_until
+from tests.integration.conftest import Proc, forget_session, scratch_database, wait_until
 from tests.integration.test_gps_slice import BROKER, count
 
 
@@ -74,12 +74,20 @@ def test_kill_9_mid_stream_loses_nothing_and_stores_nothing_twice(
 
 
 def test_sigterm_writes_and_acknowledges_what_was_taken_and_the_rest_waits_in_the_broker(
-    spawn: Callable[..., Proc], cli: Callable[..., str], db: psycopg.Connection,
+    spawn: Callable[..., Proc], cli: Callable[..., str],
 ) -> None:
     """SIGTERM mid-stream: ingest stops taking messages, writes and acknowledges what it
-    took, and exits; the next session gets only the rest, so nothing is delivered twice."""
+    took, and exits; the next session gets only the rest, so nothing is delivered twice.
+    Counted in a database of its own (another ingest of the session stores these fixes
+    too, under its own session)."""
+    with scratch_database("milepost_term") as url, psycopg.connect(url, autocommit=True) as db:
+        _sigterm_mid_stream(spawn, cli, db, {"MILEPOST_DATABASE_URL": url})
+
+
+def _sigterm_mid_stream(spawn: Callable[..., Proc], cli: Callable[..., str],
+                        db: psycopg.Connection, extra: dict[str, str]) -> None:  # fmt: skip
     client_id = f"milepost-term-{secrets.token_hex(3)}"
-    env = {"MILEPOST_MQTT_CLIENT_ID": client_id, "MILEPOST_BATCH_MAX_ROWS": "200"}
+    env = {"MILEPOST_MQTT_CLIENT_ID": client_id, "MILEPOST_BATCH_MAX_ROWS": "200", **extra}
     first = spawn("ingest", extra_env=env)
     first.wait_for("subscribed to")
     vid = f"TERM-{secrets.token_hex(3)}"
@@ -110,7 +118,7 @@ def test_sigterm_writes_and_acknowledges_what_was_taken_and_the_rest_waits_in_th
     feeder.start()
     wait_until(lambda: stored() >= 500, what="some fixes stored before the stop")
     first.proc.send_signal(signal.SIGTERM)
-    assert first.proc.wait(15) == 0, first.text()
+    assert first.proc.wait(30) == 0, first.text()
     at_stop = stored()
     assert at_stop < total, "the stop came too late to test anything"
     said = re.search(r"stopped in [\d.]+ s: .* in all (\d+) fixes stored", first.text())
@@ -124,7 +132,7 @@ def test_sigterm_writes_and_acknowledges_what_was_taken_and_the_rest_waits_in_th
     wait_until(lambda: stored() >= total, timeout=60, what=f"all {total} fixes")
     time.sleep(1.0)
     second.proc.send_signal(signal.SIGTERM)
-    assert second.proc.wait(15) == 0, second.text()
+    assert second.proc.wait(30) == 0, second.text()
     assert stored() == total
     seqs = [r[0] for r in db.execute(
         "SELECT seq FROM gps_fix WHERE vehicle_id = %s ORDER BY seq", (vid,))]

@@ -334,10 +334,10 @@ def test_broker_restarted_mid_stream_loses_nothing_and_stores_nothing_twice(
         # ingest drains 10,000 fixes in a fraction of a second, faster than Mosquitto
         # takes to shut down; frozen, it holds at most its receive window and the broker
         # goes down with the rest of the backlog still queued for the session
-        os.kill(proc.proc.pid, signal.SIGSTOP)
         try:
-            accepted = len(van.acked())
+            os.kill(proc.proc.pid, signal.SIGSTOP)
             try:
+                accepted = len(van.acked())
                 stack.stop_broker(STATE_DIR)
             finally:
                 os.kill(proc.proc.pid, signal.SIGCONT)
