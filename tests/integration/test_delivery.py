@@ -18,18 +18,12 @@ from tests.integration.conftest import Proc, forget_session, scratch_database, w
 from tests.integration.test_gps_slice import BROKER, count
 
 
-def test_kill_9_mid_stream_loses_nothing_and_stores_nothing_twice(
-    spawn: Callable[..., Proc], cli: Callable[..., str], db: psycopg.Connection,
-) -> None:
-    client_id = f"milepost-crash-{secrets.token_hex(3)}"
-    env = {"MILEPOST_MQTT_CLIENT_ID": client_id, "MILEPOST_BATCH_MAX_ROWS": "200"}
-    first = spawn("ingest", extra_env=env)
-    first.wait_for("subscribed to")
-    vid = f"CRASH-{secrets.token_hex(3)}"
-    password = cli("devices", "add", vid)
-    time.sleep(0.3)
+def paced_publisher(vid: str, password: str, total: int
+                    ) -> tuple[subprocess.Popen[bytes], threading.Thread]:  # fmt: skip
+    """``mosquitto_pub -l`` at QoS 1 for ``vid``, fed fixes 0..total-1 (seq = k, one a
+    second of event time two hours back) at ~2,000 a second from a thread, so a fault
+    comes while they still flow, however fast ingest drains."""
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
-    total = 5000
     lines = [orjson.dumps({"ts": (t0 + timedelta(seconds=k)).isoformat(),
                            "lat": 52.5, "lon": 13.4 + k * 1e-6, "seq": k}) + b"\n"
              for k in range(total)]  # fmt: skip
@@ -40,8 +34,8 @@ def test_kill_9_mid_stream_loses_nothing_and_stores_nothing_twice(
     assert publisher.stdin is not None
     stdin = publisher.stdin
 
-    def feed() -> None:  # ~2,000 fixes/s: the crash comes while they still flow
-        for k in range(0, len(lines), 100):
+    def feed() -> None:
+        for k in range(0, total, 100):
             stdin.write(b"".join(lines[k : k + 100]))
             stdin.flush()
             time.sleep(0.05)
@@ -49,6 +43,21 @@ def test_kill_9_mid_stream_loses_nothing_and_stores_nothing_twice(
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
+    return publisher, feeder
+
+
+def test_kill_9_mid_stream_loses_nothing_and_stores_nothing_twice(
+    spawn: Callable[..., Proc], cli: Callable[..., str], db: psycopg.Connection,
+) -> None:
+    client_id = f"milepost-crash-{secrets.token_hex(3)}"
+    env = {"MILEPOST_MQTT_CLIENT_ID": client_id, "MILEPOST_BATCH_MAX_ROWS": "200"}
+    first = spawn("ingest", extra_env=env)
+    first.wait_for("subscribed to")
+    vid = f"CRASH-{secrets.token_hex(3)}"
+    password = cli("devices", "add", vid)
+    time.sleep(0.3)
+    total = 5000
+    publisher, feeder = paced_publisher(vid, password, total)
 
     def stored() -> int:
         return count(db, "SELECT count(*) FROM gps_fix WHERE vehicle_id = %s", vid)
@@ -92,30 +101,12 @@ def _sigterm_mid_stream(spawn: Callable[..., Proc], cli: Callable[..., str],
     first.wait_for("subscribed to")
     vid = f"TERM-{secrets.token_hex(3)}"
     password = cli("devices", "add", vid)
-    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
     total = 6000
-    lines = [orjson.dumps({"ts": (t0 + timedelta(seconds=k)).isoformat(),
-                           "lat": 52.5, "lon": 13.4 + k * 1e-6, "seq": k}) + b"\n"
-             for k in range(total)]  # fmt: skip
-    publisher = subprocess.Popen(
-        ["mosquitto_pub", *BROKER, "-u", vid, "-P", password, "-q", "1",
-         "-t", f"fleet/{vid}/gps", "-l"], stdin=subprocess.PIPE,
-    )  # fmt: skip
-    assert publisher.stdin is not None
-    stdin = publisher.stdin
-
-    def feed() -> None:  # ~2,000 fixes/s: the stop comes while they flow
-        for k in range(0, total, 100):
-            stdin.write(b"".join(lines[k : k + 100]))
-            stdin.flush()
-            time.sleep(0.05)
-        stdin.close()
+    publisher, feeder = paced_publisher(vid, password, total)
 
     def stored() -> int:
         return count(db, "SELECT count(*) FROM gps_fix WHERE vehicle_id = %s", vid)
 
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
     wait_until(lambda: stored() >= 500, what="some fixes stored before the stop")
     first.proc.send_signal(signal.SIGTERM)
     assert first.proc.wait(30) == 0, first.text()
