@@ -286,6 +286,8 @@ def statements(m: Manifest) -> list[Statement]:
                 "INSERT INTO route_stop (vehicle_id, seq, stop_id) VALUES (%s, %s, %s)",
                 (r.vehicle_id, seq, stop_id),
             ))  # fmt: skip
+    # delivered on commit: a running ingest reloads at once (ingest.service.Ingest.run_plan)
+    out.append((f"NOTIFY {MANIFEST_CHANNEL}", ()))
     return out
 
 
@@ -293,5 +295,6 @@ def summary(m: Manifest) -> dict[str, int]:
     return {k: len(getattr(m, k)) for k in ("stops", "vehicles", "gates", "parcels", "routes")}
 
 
+MANIFEST_CHANNEL = "milepost_manifest"
 STORED_STOPS_SQL = "SELECT stop_id, kind FROM stop"
 STORED_VEHICLES_SQL = "SELECT vehicle_id FROM vehicle"

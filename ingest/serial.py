@@ -268,6 +268,11 @@ class GateSupervisor:
         self._sink = sink
         self.readers: dict[str, GateReader] = {}
         self._stopped = False
+        self._changed = asyncio.Event()
+
+    def wake(self) -> None:
+        """The gate table may have changed: reconcile now, not at the next reload."""
+        self._changed.set()
 
     async def _gates(self) -> dict[str, GateConfig]:
         async with self._pool.connection() as conn:
@@ -303,7 +308,9 @@ class GateSupervisor:
                 except psycopg.OperationalError as exc:  # keep the readers; retry later
                     log.warning("cannot read the gate list (%s); keeping the running readers",
                                 exc)  # fmt: skip
-                await asyncio.sleep(RELOAD_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), RELOAD_S)
+                self._changed.clear()
         finally:
             await self.stop(2.0)
 

@@ -12,7 +12,9 @@ Tasks, all named and owned by one TaskGroup:
   to the broker;
 * ``stats``: one log line every few seconds;
 * ``gates``: a reader thread per manifest gate; ``passes``: closes the passes of quiet gates;
-* ``plan``: (re)loads the manifest (geofences, parcels, routes) every few seconds;
+* ``plan``: (re)loads the manifest (geofences, parcels, routes) when it changes (a
+  notification from the transaction that stored it; ``manifest``: the LISTEN
+  connection), and every few seconds;
 * ``inbox``: proofs of delivery posted to the API, from ``pod_inbox``;
 * ``webhooks``: posts the webhook outbox (:mod:`ingest.webhooks`);
 * ``retention``: drops old chunks every hour (:mod:`ingest.retention`).
@@ -31,6 +33,7 @@ acknowledged until it commits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -54,6 +57,7 @@ from devices.records import GpsFix, fixes_to_array
 from geo.fences import FenceSet
 from ingest import retention
 from ingest.batch import Batch, DeadLetter, Drained
+from ingest.manifest import MANIFEST_CHANNEL
 from ingest.mqtt import AckToken, BrokerAddress, MqttSource
 from ingest.parcels import (
     PodEvidence,
@@ -69,6 +73,7 @@ from milepost.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_CLOSED_BATCHES = 2
+PLAN_RELOAD_S = 5.0  # the manifest is read again at least this often
 DRAIN_S = 10.0  # on SIGTERM: at most this long to write and acknowledge what was taken
 POD_SOURCE = "http:/v1/pod"
 # unacknowledged messages the broker may have in flight to us: the local stack's
@@ -143,6 +148,7 @@ class Ingest:
         self.webhooks = WebhookSender(pool, allow_private=settings.webhook_allow_private)
         self._stops_key: object = None
         self._plan_ready = asyncio.Event()
+        self._manifest_changed = asyncio.Event()
         self._inbox_taken: set[int] = set()  # pod_inbox rows handed to a batch not yet committed
         self._pool = pool
         self._health: dict[tuple[str, int], str] = {}
@@ -429,7 +435,30 @@ class Ingest:
                 log.debug("cannot read the manifest (%s); keeping the plan", exc)
             except ValueError as exc:
                 log.warning("stops not usable as geofences (%s); keeping the previous ones", exc)
-            await asyncio.sleep(5.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._manifest_changed.wait(), PLAN_RELOAD_S)
+            self._manifest_changed.clear()
+
+    async def run_manifest_listen(self) -> None:
+        """LISTEN for stored manifests, so the plan and the gates follow one at once rather
+        than at the next reload (evidence of a van that leaves right after its manifest
+        was loaded would meet the old plan); reconnects with backoff."""
+        delay = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.settings.database_url, autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {MANIFEST_CHANNEL}")
+                    delay = 0.5
+                    self._manifest_changed.set()  # what changed while it was not listening
+                    async for _ in conn.notifies():
+                        self._manifest_changed.set()
+                        self.gates.wake()
+            except psycopg.OperationalError as exc:
+                log.debug("manifest notifications: %s; reconnecting", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _sync_roles(self) -> None:
         self.pipeline.set_roles({(gid, ant): role for gid, r in self.gates.readers.items()
@@ -624,6 +653,7 @@ class Ingest:
             tg.create_task(self.gates.run(), name="gates"),
             tg.create_task(self.run_passes(), name="passes"),
             tg.create_task(self.run_plan(), name="plan"),
+            tg.create_task(self.run_manifest_listen(), name="manifest"),
             tg.create_task(self.run_inbox(), name="inbox"),
             tg.create_task(self.webhooks.run(), name="webhooks"),
             tg.create_task(

@@ -3,13 +3,24 @@ their own accounts, a dock-door reader on a pseudo-terminal; what it planted com
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
+import orjson
 import psycopg
 
-from tests.integration.conftest import ROOT, Proc, wait_until
+from ingest.manifest import parse_manifest
+from ingest.replay import pipeline_for, replay
+from milepost import stack
+from simulators.day import DayConfig, make_day
+from simulators.live import run_day, schedule
+from tests.integration.conftest import ROOT, Proc, scratch_database, wait_until
+from tests.integration.test_gps_slice import count
 
 
 def test_a_simulated_morning_loads_drives_and_is_tracked(
@@ -45,3 +56,78 @@ def test_a_simulated_morning_loads_drives_and_is_tracked(
                       (van_epc[0],)).fetchone() > (0,)  # fmt: skip
     # nothing it sent was refused
     assert n("SELECT count(*) FROM dead_letter WHERE split_part(source, '/', 2) = ANY(%s)") == 0
+
+
+# A small day with every kind of fault (seed 6 plants all five exceptions and two failed
+# attempts), played from a minute before the first van leaves: about 62 min of day time
+DAY_50X = DayConfig(vans=3, stops_per_van=4, docks=1, fix_every_s=1.0, misload=0.08,
+                    left_behind=0.08, wrong_drop=0.08, failed=0.1, warm=0.5, cold_share=0.3,
+                    late=0.1)  # fmt: skip
+
+
+def test_a_day_played_at_50x_over_mqtt_ends_as_its_replay_in_event_time(
+    spawn: Callable[..., Proc], env: dict[str, str], tmp_path: Path,
+) -> None:
+    """Event time (DESIGN.md): the day's van messages published through the broker at 50x
+    the wall clock, into an ingest of their own, give every parcel the status, sub-status
+    and van, and the bindings, that the same messages give replayed through the pipeline in
+    one-second batches. No gates: their reads are stamped by the host on receipt."""
+    with scratch_database("milepost_50x") as url, psycopg.connect(url, autocommit=True) as db:
+        extra = {"MILEPOST_DATABASE_URL": url,
+                 "MILEPOST_MQTT_CLIENT_ID": f"milepost-50x-{secrets.token_hex(3)}"}
+        run_env = {**env, **extra}
+        ing = spawn("ingest", extra_env=extra)
+        ing.wait_for("subscribed to")
+        from_s = make_day(DAY_50X, seed=6, start_us=0).first_departure_s() - 60.0
+        day = make_day(DAY_50X, seed=6, start_us=time.time_ns() // 1000 - round(from_s * 1e6))
+        doc = {**day.manifest, "gates": []}
+        plan = tmp_path / "day.json"
+        plan.write_bytes(orjson.dumps(doc))
+
+        def cli(*args: str) -> str:
+            out = subprocess.run([sys.executable, "-m", "milepost", *args], cwd=ROOT,
+                                 env=run_env, capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            return out.stdout.strip()
+
+        passwords = {van: cli("devices", "add", van) for van in day.fixes}
+        cli("manifest", "load", str(plan))
+        # the day starts with its plan: loaded on the manifest's notification, well before
+        # the reload every 5 s would have
+        ing.wait_for(f"plan: {len(doc['parcels'])} parcels", timeout=2.5)
+        messages = schedule(day, from_s)
+        stats = asyncio.run(run_day(day, host="127.0.0.1", port=stack.MQTT_PORT,
+                                    passwords=passwords, from_s=from_s, speedup=50.0))
+        assert (stats.published, stats.failed) == (len(messages), 0)
+
+        def events() -> list[tuple[str, str, str, str | None]]:
+            return [(r[0], r[1], r[2] or "", r[3]) for r in db.execute(
+                "SELECT tracking_number, status, sub_status, vehicle_id FROM parcel_event"
+                " ORDER BY time, tracking_number, status, sub_status")]
+
+        seen: list[object] = []
+
+        def settled() -> bool:  # nothing new for 3 s, after the last fix was stored
+            now = events()
+            seen.append(now)
+            return (count(db, "SELECT count(*) FROM gps_fix") == stats.fixes
+                    and len(seen) > 6 and seen[-7] == now)  # fmt: skip
+
+        wait_until(settled, timeout=60, what="the day's last events")
+        ref = replay(pipeline_for(parse_manifest(doc)), start_us=day.start_us,
+                     end_us=day.start_us + round((messages[-1][0] + 1.0) * 1e6),
+                     fixes={v: a[a["ts_us"] >= day.start_us + round(from_s * 1e6)]
+                            for v, a in day.fixes.items()},
+                     cargo=[m for m in day.cargo if m[1].ts_us >= day.start_us + from_s * 1e6],
+                     sensors=[m for m in day.sensors if m[1].ts_us >= day.start_us + from_s * 1e6],
+                     pods=[m for m in day.pods if m[1].ts_us >= day.start_us + from_s * 1e6],
+                     batch_s=1.0)  # fmt: skip
+        want_final = {r[0]: (r[2], r[3] or "", r[4]) for r in ref.rows["parcel_latest"]}
+        got_final = {r[0]: (r[1], r[2] or "", r[3]) for r in db.execute(
+            "SELECT tracking_number, status, sub_status, vehicle_id FROM parcel_latest")}
+        assert got_final == want_final
+        want = sorted((e[2], e[3], e[4] or "", e[5]) for e in ref.rows["parcel_event"])
+        assert sorted(events()) == want
+        # and they are the day's planted faults, found by the vans' cargo readers
+        assert {(e[0], e[2]) for e in want if e[1] == "Exception"} == day.truth.exception_pairs()
+        assert {e[0] for e in want if e[1] == "AttemptFail"} == day.truth.attempts
