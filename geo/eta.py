@@ -317,9 +317,10 @@ def _take(cls: type[Any], old: Any, old_index: IntpArray) -> Any:
     keep = old_index >= 0
     for f in fields(cls):
         dtype, fill = _COLUMNS.get(f.name, (np.float64, np.nan))
-        width = (N_SLOTS,) if f.name.startswith("arch_") else ()  # fill 0 or False
-        shape = (len(old_index), *width)
-        a = np.zeros(shape, dtype) if width else np.full(shape, fill, dtype)  # zeros: lazy
+        width = (N_SLOTS,) if f.name.startswith("arch_") else ()
+        # filled, not np.zeros: calloc's pages would fault in one by one, the archive's
+        # scattered writes taking them in the refreshes (a VM's fault costs microseconds)
+        a = np.full((len(old_index), *width), fill, dtype)
         if old is not None and keep.any():
             a[keep] = getattr(old, f.name)[old_index[keep]]
         out[f.name] = a
