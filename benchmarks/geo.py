@@ -18,11 +18,11 @@ baseline and milepost (and the ceiling) for R rounds, ``time.perf_counter``, med
   records its predictions), and again on it after every van reported twice more (30 s
   on, 50-150 m away: the refresh the pipeline runs all day, whose recording compares
   slots); the figure is the slower of the two medians. Baseline: a plain-Python loop over
-  a sample of 200 vans computing the same answer from the module's rules, scaled per van: per row the ETA
-  (blended speed, detour and service priors, cumulative haversine) and its window and
-  confidence (the slot from the van's state and the horizon's bucket, the priors'
-  quantiles, the minimum half-width, the horizon floor); agreement on the sample of ETA,
-  earliest and latest to 1 us (the loop sums in another order: float rounding) and of
+  a sample of 200 vans computing the same answer from the module's rules, scaled per
+  van: per row the ETA (blended speed, detour and service priors, cumulative haversine)
+  and its window and confidence (the slot from the van's state and the horizon's bucket,
+  the priors' quantiles, the minimum half-width, the horizon floor); agreement on the
+  sample of ETA, earliest and latest to 1 us (the loop sums in another order: float rounding) and of
   the confidences exactly. (Until 2026-12-03 the loop computed the ETA alone, without
   the window and confidence that milepost's figure includes, and milepost was timed on
   the first call only.)
