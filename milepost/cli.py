@@ -362,15 +362,17 @@ def api(ctx: click.Context) -> None:
               help="delivery stops per van")  # fmt: skip
 @click.option("--parcels-per-stop", default=2, show_default=True, type=click.IntRange(1, 50),
               help="at most this many parcels per stop (at least one)")  # fmt: skip
-@click.option("--gates", default=3, show_default=True, type=click.IntRange(0, 16),
+@click.option("--gates", default=None, type=click.IntRange(0, 16),
               help="dock doors with an RFID reader on a pseudo-terminal (Mercury and ASCII"
-                   " in turn); 0: no gates, the vans' cargo readers bind the parcels")  # fmt: skip
+                   " in turn); 0: no gates, the vans' cargo readers bind the parcels"
+                   " [default: 3 at --speedup 1, else 0]")  # fmt: skip
 @click.option("--rate", default=0.5, show_default=True, type=click.FloatRange(0.01, 10),
               help="GPS fixes per van per second of day time")  # fmt: skip
 @click.option("--seed", default=1, show_default=True, type=int)
 @click.option("--speedup", default=1.0, show_default=True, type=click.FloatRange(0.1, 1000),
-              help="day time runs this many times faster than the wall clock (gate reads"
-                   " are bound at their dock door only at 1)")  # fmt: skip
+              help="day time runs this many times faster than the wall clock; above or"
+                   " below 1 without gates (their readers do not stamp reads: the host"
+                   " does, on its clock, which runs at 1)")  # fmt: skip
 @click.option("--from", "start", default="departure", show_default=True,
               type=click.Choice(["start", "departure"]),
               help="play the day from the linehaul unload at the hub, or from a minute"
@@ -378,8 +380,8 @@ def api(ctx: click.Context) -> None:
 @click.option("--duration", default=None, type=click.FloatRange(0.1),
               help="seconds to run (default: until the day is over)")  # fmt: skip
 @click.pass_context
-def simulate(ctx: click.Context, vans: int, stops: int, parcels_per_stop: int, gates: int,
-             rate: float, seed: int, speedup: float, start: str,
+def simulate(ctx: click.Context, vans: int, stops: int, parcels_per_stop: int,
+             gates: int | None, rate: float, seed: int, speedup: float, start: str,
              duration: float | None) -> None:  # fmt: skip
     """A seeded delivery day, live: loads its manifest (hub, dock doors, stops, vans,
     parcels, routes, gates), then plays it: vans over MQTT (fixes, cargo inventories,
@@ -390,10 +392,21 @@ def simulate(ctx: click.Context, vans: int, stops: int, parcels_per_stop: int, g
     from simulators.day import DayConfig, gate_entries, make_day
     from simulators.live import run_day
 
+    if gates is None:
+        gates = 3 if speedup == 1 else 0
+        if speedup != 1:
+            _stderr(f"at --speedup {speedup:g} the dock doors' readers are left out (the host"
+                    " stamps their reads on its own clock, so they would meet the vans at"
+                    " the wrong moment); the vans' cargo readers bind the parcels")  # fmt: skip
+    elif gates and speedup != 1:
+        raise click.UsageError(
+            f"--gates {gates} needs --speedup 1: a gate reader's reads are stamped by the host"
+            " on receipt, at the wall clock's pace, while the vans' messages carry day time;"
+            " use --gates 0, or --speedup 1")  # fmt: skip
     s = _settings(ctx)
     _logging(s.log_level)
     config = DayConfig(vans=vans, stops_per_van=stops, parcels_per_stop=(1, parcels_per_stop),
-                       docks=max(gates, 1), fix_every_s=1.0 / rate)  # fmt: skip
+                       docks=gates or DOCKS_WITHOUT_GATES, fix_every_s=1.0 / rate)  # fmt: skip
     from_s = 0.0 if start == "start" else max(make_day(config, seed=seed, start_us=0)
                                               .first_departure_s() - 60.0, 0.0)  # fmt: skip
     day = make_day(config, seed=seed, start_us=time.time_ns() // 1000 - round(from_s * 1e6))
@@ -417,6 +430,9 @@ def simulate(ctx: click.Context, vans: int, stops: int, parcels_per_stop: int, g
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
+
+
+DOCKS_WITHOUT_GATES = 3  # so a day is the same with its gates (the default 3) or without
 
 
 def _sim_password(seed: int, vehicle_id: str) -> str:

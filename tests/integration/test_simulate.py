@@ -26,11 +26,17 @@ from tests.integration.test_gps_slice import count
 def test_a_simulated_morning_loads_drives_and_is_tracked(
     ingest: Proc, env: dict[str, str], db: psycopg.Connection, cli: Callable[..., str],
 ) -> None:
-    # from a minute before VAN-001 leaves its dock door, at twice the speed
+    # gates need the wall clock's pace: their reads are stamped by the host
+    fast = subprocess.run(
+        [sys.executable, "-m", "milepost", "simulate", "--gates", "1", "--speedup", "2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert fast.returncode == 2 and "--gates 1 needs --speedup 1" in fast.stderr
+    # from a minute before VAN-001 leaves its dock door
     sim = subprocess.run(
         [sys.executable, "-m", "milepost", "simulate", "--vans", "2", "--stops", "3",
-         "--gates", "1", "--rate", "1", "--seed", "5", "--speedup", "2", "--duration", "45"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+         "--gates", "1", "--rate", "1", "--seed", "5", "--duration", "90"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert sim.returncode == 0, sim.stderr
     assert "manifest loaded: " in sim.stderr and "2 vans connected" in sim.stderr
