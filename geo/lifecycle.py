@@ -231,6 +231,37 @@ class ParcelBook:
         self.confidence[i] = 0.5 if vehicle_id else 0.0
         self.time_us[i] = time_us
 
+    def transient(self) -> dict[str, Any]:
+        """What ``seed`` cannot rebuild from parcel_latest: the attempts and cargo removals
+        waiting to settle, and which vans are out of their hub, were seen at a gate or have
+        a cargo reader; by vehicle id and tracking number, JSON-able, in a stable order."""
+        vid, tn = self.vehicle_ids, self.tracking_number
+
+        def vans(codes: set[int]) -> list[str]:
+            return sorted(vid[v] for v in codes)
+
+        return {
+            "out_vans": vans(self._out_vans), "rfid_vans": vans(self._rfid_vans),
+            "cargo_vans": vans(self._cargo_vans),
+            "attempts": {vid[v]: [[str(tn[i]), t] for i, t in items]
+                         for v, items in sorted(self._pending.items()) if items},
+            "removals": {vid[v]: [[str(tn[x[0]]), *x[1:]] for x in items]
+                         for v, items in sorted(self._removals.items()) if items},
+        }  # fmt: skip
+
+    def restore_transient(self, state: Mapping[str, Any]) -> None:
+        """Take back what :meth:`transient` gave, after ``set_plan`` and ``seed`` (parcels
+        no longer in the plan are left out)."""
+        rows = self._by_tracking
+        self._out_vans = {self._van(v) for v in state.get("out_vans", ())}
+        self._rfid_vans = {self._van(v) for v in state.get("rfid_vans", ())}
+        self._cargo_vans = {self._van(v) for v in state.get("cargo_vans", ())}
+        self._pending = {self._van(v): [(rows[t], int(ts)) for t, ts in items if t in rows]
+                         for v, items in state.get("attempts", {}).items()}  # fmt: skip
+        self._removals = {self._van(v): [(rows[x[0]], int(x[1]), x[2], x[3]) for x in items
+                                         if x[0] in rows]
+                          for v, items in state.get("removals", {}).items()}  # fmt: skip
+
     def parcels_of_epcs(self, epcs: Sequence[str]) -> IntpArray:
         """Book row of each EPC (any case), -1 for a tag that is no parcel of the day."""
         return np.array([self._by_epc.get(e.upper(), -1) for e in epcs], dtype=np.intp)

@@ -65,7 +65,12 @@ TABLE_INSERTS: dict[str, str] = {
                   " FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[],"
                   " %s::timestamptz[], %s::float8[]) AS u (tn, eta, lo, hi, c)"
                   " WHERE l.tracking_number = u.tn",
+    # the parcel stage's state between events (ParcelBook.transient), when it changed
+    "ingest_state": "INSERT INTO ingest_state (instance, name, state) VALUES (%s, %s, %s::jsonb)"
+                    " ON CONFLICT (instance, name) DO UPDATE SET state = excluded.state,"
+                    " updated_at = now()",
 }  # fmt: skip
+PARCEL_STATE = "parcels"  # its name in ingest_state
 
 
 def pass_rows(p: Passes, vehicles: Sequence[str | None] = ()) -> list[tuple[Any, ...]]:
@@ -122,12 +127,21 @@ def live_messages(frame: FixFrame, rows: Mapping[str, Sequence[tuple[Any, ...]]]
 class Pipeline:
     """See the module docstring. Not thread-safe: one ingest loop owns it."""
 
-    def __init__(self) -> None:
+    def __init__(self, instance: str = "") -> None:
         self.passes = PassTracker({})
         self.transitions = TransitionTracker(FenceSet.empty())
         self.cargo = CargoTracker()
         self.parcels = ParcelStage()
+        self.instance = instance  # whose row of ingest_state this pipeline writes
         self._roles: dict[tuple[str, int], str] = {}
+        self._state_written = b""
+
+    def restore_state(self, state: Mapping[str, Any] | None) -> None:
+        """After a restart, with the plan loaded and parcel_latest seeded: the parcel
+        stage's state between events as the last committed batch left it."""
+        if state:
+            self.parcels.book.restore_transient(state)
+            self._state_written = orjson.dumps(self.parcels.book.transient())
 
     def set_roles(self, roles: Mapping[tuple[str, int], str]) -> None:
         """The gates' antenna roles, (gate_id, antenna) -> "hall" | "dock"."""
@@ -219,6 +233,10 @@ class Pipeline:
                          *rows["eta_snapshot"][0][2:], strict=True))
                 if out.eta_rows else [])  # fmt: skip
         rows["webhook_outbox"] = webhooks.outbox_rows(rows["parcel_event"], etas)
+        state = orjson.dumps(self.parcels.book.transient())
+        if state != self._state_written:  # written in this batch's transaction
+            rows["ingest_state"] = [(self.instance, PARCEL_STATE, state.decode())]
+            self._state_written = state
 
     def _passes_of(self, drained: Drained) -> Passes:
         """Group the batch's reads into passes: the ones they close, and the ones the clock

@@ -63,7 +63,7 @@ from ingest.parcels import (
     PodEvidence,
     load_plan,
 )
-from ingest.pipeline import TABLE_INSERTS, Pipeline
+from ingest.pipeline import PARCEL_STATE, TABLE_INSERTS, Pipeline
 from ingest.registry import Registry
 from ingest.serial import GateChunk, GateSupervisor
 from ingest.webhooks import WebhookSender
@@ -143,7 +143,7 @@ class Ingest:
         self._wakeup = asyncio.Event()
         self._owntracks = Registry(pool, "owntracks_id")
         self.gates = GateSupervisor(pool, self.on_gate_chunk)
-        self.pipeline = Pipeline()
+        self.pipeline = Pipeline(settings.mqtt_client_id)
         self._started_at = datetime.now(UTC)
         self.webhooks = WebhookSender(pool, allow_private=settings.webhook_allow_private)
         self._stops_key: object = None
@@ -405,7 +405,13 @@ class Ingest:
                     rows = await cur.fetchall()
                     plan = await load_plan(conn)
                     seed: list[tuple[str, str, str | None, str | None, int, bool, bool]] = []
+                    state = None
                     if not self._plan_ready.is_set():
+                        cur = await conn.execute(
+                            "SELECT state FROM ingest_state WHERE instance = %s AND name = %s",
+                            (self.pipeline.instance, PARCEL_STATE))  # fmt: skip
+                        row = await cur.fetchone()
+                        state = row[0] if row else None
                         cur = await conn.execute(
                             "SELECT l.tracking_number, l.status, l.sub_status, l.vehicle_id,"
                             " l.time, EXISTS (SELECT FROM parcel_event e WHERE e.tracking_number"
@@ -430,6 +436,11 @@ class Ingest:
                              len(plan.gate_dock))  # fmt: skip
                 if seed:
                     self.pipeline.parcels.seed(seed)
+                if state:
+                    self.pipeline.restore_state(state)
+                    log.info("parcel stage: restored %d attempts and %d cargo removals waiting"
+                             " to settle", sum(map(len, state.get("attempts", {}).values())),
+                             sum(map(len, state.get("removals", {}).values())))  # fmt: skip
                 self._plan_ready.set()
             except psycopg.OperationalError as exc:
                 log.debug("cannot read the manifest (%s); keeping the plan", exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 
 from geo.lifecycle import ParcelBook, PlanParcels
 
@@ -183,3 +184,40 @@ def test_a_reloaded_plan_keeps_state_and_a_restart_restores_it() -> None:
     fresh.seed("NOPE", "Delivered", None, None, T0)  # not in the plan: ignored
     i = fresh.parcel_of_tracking("P1")
     assert state(fresh, "P1")[0] == "OutForDelivery" and bool(fresh.out[i])
+
+
+def test_a_restart_in_the_middle_of_an_attempt_and_a_removal_settles_them_the_same() -> None:
+    """kill -9 between a van leaving a stop (attempt pending) and a cargo removal's
+    confirmation: a book seeded from parcel_latest and given ``transient()`` back answers
+    the next events exactly as the book that never stopped."""
+    def upto_crash() -> ParcelBook:
+        b = book()
+        p1, p4 = b.parcels_of_epcs(["E1"]), b.parcels_of_epcs(["E4"])
+        b.cargo("VAN-1", T0, np.concatenate([p1, p4]), [], [], [], [])
+        b.departed_hub("VAN-1", T0 + 600 * S)
+        b.left_stop("VAN-1", "S-1", T0 + 1300 * S, dwell_s=120.0)
+        b.cargo("VAN-1", T0 + 1320 * S, [], p4, [T0 + 1290 * S], ["S-1"], ["delivery"])
+        return b
+
+    def rest(b: ParcelBook) -> list[tuple[str, str, int]]:
+        ev = b.advance("VAN-1", T0 + 1420 * S)
+        return list(zip(ev.tracking_number, ev.sub_status, ev.ts_us, strict=True))
+
+    kept = upto_crash()
+    state_json = orjson.loads(orjson.dumps(kept.transient()))  # as stored, as read back
+    assert state_json["attempts"] == {"VAN-1": [["P1", T0 + 1300 * S], ["P4", T0 + 1300 * S]]}
+    assert state_json["removals"] == {"VAN-1": [["P4", T0 + 1290 * S, "S-1", "delivery"]]}
+    assert state_json["out_vans"] == state_json["cargo_vans"] == ["VAN-1"]
+    restarted = book()
+    for tn in PLAN.tracking_number:
+        restarted.seed(tn, *state(kept, tn), T0 + 600 * S)
+    forgetful = book()  # the restart before ingest_state: seeded alone
+    for tn in PLAN.tracking_number:
+        forgetful.seed(tn, *state(kept, tn), T0 + 600 * S)
+    restarted.restore_transient(state_json)
+    want = rest(kept)
+    assert want == [("P4", "Delivered_001", T0 + 1290 * S), ("P1", "AttemptFail_001",
+                                                            T0 + 1300 * S)]  # fmt: skip
+    assert rest(restarted) == want
+    assert rest(forgetful) == []  # what was lost before
+    assert restarted.transient() == kept.transient()

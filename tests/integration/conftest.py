@@ -228,8 +228,9 @@ def api_url(spawn: Callable[..., Proc]) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture(scope="session")
-def cli(env: dict[str, str]) -> Callable[..., str]:
+def cli_with(env: dict[str, str]) -> Callable[..., str]:
+    """``milepost ARGS...`` in ``env``; its stdout, stripped (it must succeed)."""
+
     def run(*args: str) -> str:
         out = subprocess.run([sys.executable, "-m", "milepost", *args], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -237,6 +238,11 @@ def cli(env: dict[str, str]) -> Callable[..., str]:
         return out.stdout.strip()
 
     return run
+
+
+@pytest.fixture(scope="session")
+def cli(env: dict[str, str]) -> Callable[..., str]:
+    return cli_with(env)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:

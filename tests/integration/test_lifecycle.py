@@ -20,7 +20,14 @@ from api.routes.epcis import epc_uri
 from devices.records import TagRead
 from devices.rfid import ascii
 from tests.api.test_epcis import errors, load_validator
-from tests.integration.conftest import Proc, Pty, wait_until
+from tests.integration.conftest import (
+    Proc,
+    Pty,
+    cli_with,
+    forget_session,
+    scratch_database,
+    wait_until,
+)
 from tests.integration.test_gps_slice import pub
 from tests.integration.test_serial import epcs
 
@@ -221,3 +228,77 @@ def test_a_vans_morning(ingest: Proc, api_url: str, cli: Callable[..., str],
     time.sleep(2.0)
     assert db.execute("SELECT count(*) FROM parcel_event WHERE tracking_number LIKE %s",
                       (f"LC{tag}%",)).fetchone() == n_events  # fmt: skip
+
+
+def test_kill_9_between_leaving_a_stop_and_the_attempts_grace_still_fails_the_attempt(
+    spawn: Callable[..., Proc], env: dict[str, str], tmp_path: Path,
+) -> None:
+    """The parcel stage's state between events (an attempt waiting out its grace) is in
+    ingest_state, written with the batch that changed it: an ingest killed with SIGKILL
+    in the grace is followed by one that reports the failed attempt all the same."""
+    with scratch_database("milepost_attempt") as url, psycopg.connect(url, autocommit=True) as db:
+        extra = {"MILEPOST_DATABASE_URL": url,
+                 "MILEPOST_MQTT_CLIENT_ID": f"milepost-attempt-{secrets.token_hex(3)}"}
+        cli = cli_with({**env, **extra})
+        tag = secrets.token_hex(3).upper()
+        van, hub, s1 = f"AT{tag}-VAN", f"AT{tag}-HUB", f"AT{tag}-S1"
+        (e1,) = epcs(1)
+        tn = f"AT{tag}P1"
+        ring = [[HUB_LON - 0.0013, HUB_LAT - 0.0008], [HUB_LON + 0.0013, HUB_LAT - 0.0008],
+                [HUB_LON + 0.0013, HUB_LAT + 0.0008], [HUB_LON - 0.0013, HUB_LAT + 0.0008],
+                [HUB_LON - 0.0013, HUB_LAT - 0.0008]]  # fmt: skip
+        manifest = {
+            "stops": [{"stop_id": hub, "kind": "hub",
+                       "geofence": {"type": "Polygon", "coordinates": [ring]}},
+                      {"stop_id": s1, "kind": "delivery", "radius_m": 40,
+                       "geofence": {"type": "Point", "coordinates": [HUB_LON, HUB_LAT + DLAT]}}],
+            "vehicles": [{"vehicle_id": van}],
+            "parcels": [{"tracking_number": tn, "epc": e1, "stop_id": s1}],
+            "routes": [{"vehicle_id": van, "hub_stop_id": hub, "stop_ids": [s1]}],
+        }  # fmt: skip
+        path = tmp_path / "day.json"
+        path.write_text(json.dumps(manifest))
+        password = cli("devices", "add", van)
+        first = spawn("ingest", extra_env=extra)
+        first.wait_for("subscribed to")
+        cli("manifest", "load", str(path))
+        first.wait_for("plan: 1 parcels")
+        now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+
+        def at(dt_s: int, **body: object) -> bytes:
+            return orjson.dumps({"ts": (now + timedelta(seconds=dt_s)).isoformat(), **body})
+
+        def send(kind: str, lines: list[bytes]) -> None:
+            assert pub(van, password, f"fleet/{van}/{kind}", lines).returncode == 0
+
+        # loaded (its cargo reader sees the parcel), out of the hub, 2 min at S1, and away
+        # with the parcel still aboard
+        send("cargo", [at(t, epcs=[e1]) for t in range(0, 300, 10)])
+        send("gps", [at(t, lon=HUB_LON, lat=HUB_LAT, speed=0.0) for t in range(0, 60, 5)]
+             + [at(60 + 5 * k, lon=HUB_LON, lat=HUB_LAT + k * DLAT / 12, speed=10.0)
+                for k in range(1, 13)]
+             + [at(120 + 5 * k, lon=HUB_LON, lat=HUB_LAT + DLAT, speed=0.0)
+                for k in range(1, 25)]
+             + [at(240 + 5 * k, lon=HUB_LON + k * 0.0008, lat=HUB_LAT + DLAT, speed=10.0)
+                for k in range(1, 12)])  # fmt: skip
+        wait_until(lambda: db.execute(
+            "SELECT count(*) FROM geofence_event WHERE stop_id = %s AND kind = 'exit'",
+            (s1,)).fetchone() == (1,), what="the van leaving S1")  # fmt: skip
+        wait_until(lambda: db.execute(
+            "SELECT count(*) FROM ingest_state, jsonb_each(state -> 'attempts')"
+            " WHERE key = %s", (van,)).fetchone() == (1,),
+            what="the pending attempt in ingest_state")  # fmt: skip
+        assert status_of(db, tn) == ("OutForDelivery", "OutForDelivery_001", van)
+        first.proc.kill()
+        first.proc.wait(10)
+
+        second = spawn("ingest", extra_env=extra)
+        second.wait_for("parcel stage: restored 1 attempts")
+        second.wait_for("subscribed to")
+        # the van's clock moves past the grace (2 min after it left)
+        send("gps", [at(300 + 5 * k, lon=HUB_LON + (11 + k) * 0.0008, lat=HUB_LAT + DLAT,
+                        speed=10.0) for k in range(1, 30)])  # fmt: skip
+        wait_until(lambda: status_of(db, tn)[0] == "AttemptFail", what="the failed attempt")
+        assert status_of(db, tn) == ("AttemptFail", "AttemptFail_001", van)
+        second.stop()
+        forget_session(extra["MILEPOST_MQTT_CLIENT_ID"])

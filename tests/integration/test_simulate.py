@@ -19,7 +19,7 @@ from ingest.replay import pipeline_for, replay
 from milepost import stack
 from simulators.day import DayConfig, make_day
 from simulators.live import run_day, schedule
-from tests.integration.conftest import ROOT, Proc, scratch_database, wait_until
+from tests.integration.conftest import ROOT, Proc, cli_with, scratch_database, wait_until
 from tests.integration.test_gps_slice import count
 
 
@@ -90,12 +90,7 @@ def test_a_day_played_at_50x_over_mqtt_ends_as_its_replay_in_event_time(
         plan = tmp_path / "day.json"
         plan.write_bytes(orjson.dumps(doc))
 
-        def cli(*args: str) -> str:
-            out = subprocess.run([sys.executable, "-m", "milepost", *args], cwd=ROOT,
-                                 env=run_env, capture_output=True, text=True, timeout=60)
-            assert out.returncode == 0, out.stderr
-            return out.stdout.strip()
-
+        cli = cli_with(run_env)
         passwords = {van: cli("devices", "add", van) for van in day.fixes}
         cli("manifest", "load", str(plan))
         # the day starts with its plan: loaded on the manifest's notification, well before
