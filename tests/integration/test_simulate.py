@@ -4,11 +4,13 @@ their own accounts, a dock-door reader on a pseudo-terminal; what it planted com
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
@@ -19,7 +21,14 @@ from ingest.replay import pipeline_for, replay
 from milepost import stack
 from simulators.day import DayConfig, make_day
 from simulators.live import run_day, schedule
-from tests.integration.conftest import ROOT, Proc, cli_with, scratch_database, wait_until
+from tests.integration.conftest import (
+    ROOT,
+    Proc,
+    cli_with,
+    forget_session,
+    scratch_database,
+    wait_until,
+)
 from tests.integration.test_gps_slice import count
 
 
@@ -78,9 +87,26 @@ def test_a_day_played_at_50x_over_mqtt_ends_as_its_replay_in_event_time(
     the wall clock, into an ingest of their own, give every parcel the status, sub-status
     and van, and the bindings, that the same messages give replayed through the pipeline in
     one-second batches. No gates: their reads are stamped by the host on receipt."""
-    with scratch_database("milepost_50x") as url, psycopg.connect(url, autocommit=True) as db:
+    _play_day_and_compare(spawn, env, tmp_path, "50x", kills_at_s=())
+
+
+def test_a_day_with_ingest_killed_three_times_ends_as_its_replay(
+    spawn: Callable[..., Proc], env: dict[str, str], tmp_path: Path,
+) -> None:
+    """Issue 8's fault, on the lifecycle: the same day at 50x with ``kill -9`` of ingest at
+    three seeded moments (a new ingest, same session, at once) ends with the same parcel
+    events and states as the replay: nothing the crashes interrupted (a batch in flight,
+    an attempt in its grace, a removal in its minute) is lost or reported twice."""
+    rng = random.Random(8)
+    kills = sorted(rng.uniform(8.0, 65.0) for _ in range(3))
+    _play_day_and_compare(spawn, env, tmp_path, "kill9", kills_at_s=kills)
+
+
+def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_path: Path,
+                          name: str, kills_at_s: Sequence[float]) -> None:  # fmt: skip
+    with scratch_database(f"milepost_{name}") as url, psycopg.connect(url, autocommit=True) as db:
         extra = {"MILEPOST_DATABASE_URL": url,
-                 "MILEPOST_MQTT_CLIENT_ID": f"milepost-50x-{secrets.token_hex(3)}"}
+                 "MILEPOST_MQTT_CLIENT_ID": f"milepost-{name}-{secrets.token_hex(3)}"}
         run_env = {**env, **extra}
         ing = spawn("ingest", extra_env=extra)
         ing.wait_for("subscribed to")
@@ -97,9 +123,29 @@ def test_a_day_played_at_50x_over_mqtt_ends_as_its_replay_in_event_time(
         # the reload every 5 s would have
         ing.wait_for(f"plan: {len(doc['parcels'])} parcels", timeout=2.5)
         messages = schedule(day, from_s)
-        stats = asyncio.run(run_day(day, host="127.0.0.1", port=stack.MQTT_PORT,
-                                    passwords=passwords, from_s=from_s, speedup=50.0))
+        procs = [ing]
+        done = threading.Event()
+
+        def killer() -> None:
+            t0 = time.monotonic()
+            for at in kills_at_s:
+                if done.wait(max(0.0, t0 + at - time.monotonic())):
+                    return
+                procs[-1].proc.kill()
+                procs[-1].proc.wait(10)
+                procs.append(spawn("ingest", extra_env=extra))
+                procs[-1].wait_for("subscribed to")
+
+        chaos = threading.Thread(target=killer, daemon=True)
+        chaos.start()
+        try:
+            stats = asyncio.run(run_day(day, host="127.0.0.1", port=stack.MQTT_PORT,
+                                        passwords=passwords, from_s=from_s, speedup=50.0))
+        finally:
+            done.set()
+            chaos.join(30)
         assert (stats.published, stats.failed) == (len(messages), 0)
+        assert len(procs) == 1 + len(kills_at_s)  # every kill came while the day played
 
         def events() -> list[tuple[str, str, str, str | None]]:
             return [(r[0], r[1], r[2] or "", r[3]) for r in db.execute(
@@ -132,3 +178,6 @@ def test_a_day_played_at_50x_over_mqtt_ends_as_its_replay_in_event_time(
         # and they are the day's planted faults, found by the vans' cargo readers
         assert {(e[0], e[2]) for e in want if e[1] == "Exception"} == day.truth.exception_pairs()
         assert {e[0] for e in want if e[1] == "AttemptFail"} == day.truth.attempts
+        for p in procs:
+            p.stop()
+        forget_session(extra["MILEPOST_MQTT_CLIENT_ID"])
