@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import httpx
 import orjson
 import psycopg
 
 from ingest.manifest import parse_manifest
 from ingest.replay import pipeline_for, replay
+from ingest.webhooks import type_event_id
 from milepost import stack
 from simulators.day import DayConfig, make_day
 from simulators.live import run_day, schedule
@@ -26,10 +28,12 @@ from tests.integration.conftest import (
     Proc,
     cli_with,
     forget_session,
+    free_port,
     scratch_database,
     wait_until,
 )
 from tests.integration.test_gps_slice import count
+from tests.integration.test_webhooks import Receiver
 
 
 def test_a_simulated_morning_loads_drives_and_is_tracked(
@@ -96,14 +100,22 @@ def test_a_day_with_ingest_killed_three_times_ends_as_its_replay(
     """Issue 8's fault, on the lifecycle: the same day at 50x with ``kill -9`` of ingest at
     three seeded moments (a new ingest, same session, at once) ends with the same parcel
     events and states as the replay: nothing the crashes interrupted (a batch in flight,
-    an attempt in its grace, a removal in its minute) is lost or reported twice."""
+    an attempt in its grace, a removal in its minute) is lost or reported twice; and a
+    customer's webhook receiver gets every one of those events, by event id."""
     rng = random.Random(8)
     kills = sorted(rng.uniform(8.0, 65.0) for _ in range(3))
-    _play_day_and_compare(spawn, env, tmp_path, "kill9", kills_at_s=kills)
+    receiver = Receiver("whsec-" + secrets.token_hex(16), fail_first=0)
+    receiver.start()
+    try:
+        _play_day_and_compare(spawn, env, tmp_path, "kill9", kills_at_s=kills,
+                              receiver=receiver)  # fmt: skip
+    finally:
+        receiver.stop()
 
 
 def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_path: Path,
-                          name: str, kills_at_s: Sequence[float]) -> None:  # fmt: skip
+                          name: str, kills_at_s: Sequence[float],
+                          receiver: Receiver | None = None) -> None:  # fmt: skip
     with scratch_database(f"milepost_{name}") as url, psycopg.connect(url, autocommit=True) as db:
         extra = {"MILEPOST_DATABASE_URL": url,
                  "MILEPOST_MQTT_CLIENT_ID": f"milepost-{name}-{secrets.token_hex(3)}"}
@@ -122,8 +134,20 @@ def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_p
         # the day starts with its plan: loaded on the manifest's notification, well before
         # the reload every 5 s would have
         ing.wait_for(f"plan: {len(doc['parcels'])} parcels", timeout=2.5)
-        messages = schedule(day, from_s)
         procs = [ing]
+        if receiver is not None:  # a customer subscribes to every parcel of the day
+            port = free_port()
+            procs.append(spawn("api", extra_env={**extra, "MILEPOST_API_ADDR": f"127.0.0.1:{port}"}))
+            procs[-1].wait_for("Uvicorn running")
+            key = cli("keys", "create", "--role", "customer")
+            hook = {"url": receiver.url, "events": ["parcel.status", "exception"],
+                    "secret": receiver.secret.decode(),
+                    "tracking_numbers": [p["tracking_number"] for p in doc["parcels"]]}
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/webhooks", json=hook,
+                           headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+            assert r.status_code == 201, r.text
+            procs.append(procs.pop(0))  # the ingest is the one the killer kills
+        messages = schedule(day, from_s)
         done = threading.Event()
 
         def killer() -> None:
@@ -145,7 +169,8 @@ def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_p
             done.set()
             chaos.join(30)
         assert (stats.published, stats.failed) == (len(messages), 0)
-        assert len(procs) == 1 + len(kills_at_s)  # every kill came while the day played
+        # every kill came while the day played
+        assert len(procs) == 1 + len(kills_at_s) + (receiver is not None)
 
         def events() -> list[tuple[str, str, str, str | None]]:
             return [(r[0], r[1], r[2] or "", r[3]) for r in db.execute(
@@ -178,6 +203,15 @@ def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_p
         # and they are the day's planted faults, found by the vans' cargo readers
         assert {(e[0], e[2]) for e in want if e[1] == "Exception"} == day.truth.exception_pairs()
         assert {e[0] for e in want if e[1] == "AttemptFail"} == day.truth.attempts
+        if receiver is not None:  # each of those events reached the receiver, by its id
+            stored = db.execute("SELECT event_id, status FROM parcel_event").fetchall()
+            ids = {str(type_event_id(eid, t)) for eid, status in stored
+                   for t in ("parcel.status", "exception")
+                   if t == "parcel.status" or status == "Exception"}  # fmt: skip
+            wait_until(lambda: set(receiver.events) >= ids, timeout=30,
+                       what="every event at the receiver")  # fmt: skip
+            time.sleep(1.0)
+            assert set(receiver.events) == ids and receiver.bad_signatures == 0
         for p in procs:
             p.stop()
         forget_session(extra["MILEPOST_MQTT_CLIENT_ID"])
