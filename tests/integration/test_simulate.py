@@ -137,7 +137,8 @@ def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_p
         procs = [ing]
         if receiver is not None:  # a customer subscribes to every parcel of the day
             port = free_port()
-            procs.append(spawn("api", extra_env={**extra, "MILEPOST_API_ADDR": f"127.0.0.1:{port}"}))
+            api_env = {**extra, "MILEPOST_API_ADDR": f"127.0.0.1:{port}"}
+            procs.append(spawn("api", extra_env=api_env))
             procs[-1].wait_for("Uvicorn running")
             key = cli("keys", "create", "--role", "customer")
             hook = {"url": receiver.url, "events": ["parcel.status", "exception"],
