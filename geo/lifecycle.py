@@ -81,6 +81,7 @@ WRONG_DROP: Final = "Exception_WRONG_DROP"
 COLD_CHAIN: Final = "Exception_COLD_CHAIN"
 LATE: Final = "Exception_LATE"
 UNBOUND: Final = "Exception_UNBOUND"
+TRANSIENT_VERSION: Final = 1  # of ParcelBook.transient()'s document
 
 IntpArray = NDArray[np.intp]
 Int64Array = NDArray[np.int64]
@@ -241,17 +242,24 @@ class ParcelBook:
             return sorted(vid[v] for v in codes)
 
         return {
+            "v": TRANSIENT_VERSION,
             "out_vans": vans(self._out_vans), "rfid_vans": vans(self._rfid_vans),
             "cargo_vans": vans(self._cargo_vans),
-            "attempts": {vid[v]: [[str(tn[i]), t] for i, t in items]
+            "attempts": {str(vid[v]): [[str(tn[i]), t] for i, t in items]
                          for v, items in sorted(self._pending.items()) if items},
-            "removals": {vid[v]: [[str(tn[x[0]]), *x[1:]] for x in items]
+            "removals": {str(vid[v]): [[str(tn[x[0]]), *x[1:]] for x in items]
                          for v, items in sorted(self._removals.items()) if items},
         }  # fmt: skip
 
+    def pending_counts(self) -> tuple[int, int]:
+        """How many attempts and cargo removals wait to settle."""
+        return (sum(map(len, self._pending.values())), sum(map(len, self._removals.values())))
+
     def restore_transient(self, state: Mapping[str, Any]) -> None:
         """Take back what :meth:`transient` gave, after ``set_plan`` and ``seed`` (parcels
-        no longer in the plan are left out)."""
+        no longer in the plan are left out). ValueError: a state of another version."""
+        if state.get("v") != TRANSIENT_VERSION:
+            raise ValueError(f"state version {state.get('v')!r}, not {TRANSIENT_VERSION}")
         rows = self._by_tracking
         self._out_vans = {self._van(v) for v in state.get("out_vans", ())}
         self._rfid_vans = {self._van(v) for v in state.get("rfid_vans", ())}
@@ -261,6 +269,16 @@ class ParcelBook:
         self._removals = {self._van(v): [(rows[x[0]], int(x[1]), x[2], x[3]) for x in items
                                          if x[0] in rows]
                           for v, items in state.get("removals", {}).items()}  # fmt: skip
+
+    def unbound_of_epcs(self, epcs: Sequence[str]) -> list[str]:
+        """The EPCs of ``epcs`` whose parcels are bound to no van and not delivered: aboard
+        a van, they are its (a tag first seen before its parcel was in the plan)."""
+        out = []
+        for e in epcs:
+            i = self._by_epc.get(e.upper(), -1)
+            if i >= 0 and self.vehicle[i] < 0 and self.status[i] != DELIVERED:
+                out.append(e)
+        return out
 
     def parcels_of_epcs(self, epcs: Sequence[str]) -> IntpArray:
         """Book row of each EPC (any case), -1 for a tag that is no parcel of the day."""

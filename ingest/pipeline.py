@@ -164,10 +164,16 @@ class Pipeline:
         row = (us_to_datetime(scan.ts_us), vehicle, list(scan.epcs),
                None if late else list(change.added), None if late else list(change.removed),
                None if late else list(change.aboard))  # fmt: skip
-        if late or not (change.added or change.removed):
+        if late:
             return row, None
-        return row, CargoEvidence(vehicle, scan.ts_us, change.added, change.removed,
-                                  change.removed_since_us)  # fmt: skip
+        # a parcel aboard and bound to no van is the van's too: its tag was "added" before
+        # the parcel was in the plan (a manifest stored just before), or lost its binding
+        new = set(change.added)
+        unbound = self.parcels.book.unbound_of_epcs([e for e in change.aboard if e not in new])
+        if not (change.added or change.removed or unbound):
+            return row, None
+        return row, CargoEvidence(vehicle, scan.ts_us, change.added + tuple(unbound),
+                                  change.removed, change.removed_since_us)  # fmt: skip
 
     @staticmethod
     def sensor_row(vehicle: str, r: SensorReading

@@ -109,8 +109,7 @@ def replay(
         drained = batch.drain()
         pipeline.process(drained)
         flushed = pipeline.flush_passes(t_end)
-        for table, rows in drained.rows.items():
-            out.rows.setdefault(table, []).extend(rows)
+        _keep(out, drained)
         if on_batch is not None:
             on_batch(t_end, drained)
         out.batches += 1
@@ -124,6 +123,13 @@ def replay(
         last.add_evidence("passes", rest)
     drained = last.drain()
     pipeline.process(drained)
-    for table, rows in drained.rows.items():
-        out.rows.setdefault(table, []).extend(rows)
+    _keep(out, drained)
     return out
+
+
+def _keep(out: Replayed, drained: Drained) -> None:
+    """The batch's rows, but the parcel stage's state of each (the newest is in the
+    pipeline itself)."""
+    for table, rows in drained.rows.items():
+        if table != "ingest_state":
+            out.rows.setdefault(table, []).extend(rows)

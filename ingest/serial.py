@@ -11,8 +11,9 @@ serial line, whose reader-side buffer holds the rest.
 
 An unplugged or closed port, or a path re-pointed to a new device, is retried with
 backoff and logged once per outage. :class:`GateSupervisor` reads the ``gate`` table
-every ``RELOAD_S`` seconds and starts, restarts or stops readers as the manifest
-changes, without a restart of ``milepost ingest``.
+when woken (a stored manifest's notification) and every ``RELOAD_S`` seconds, and starts,
+restarts or stops readers as the manifest changes, without a restart of ``milepost
+ingest``.
 """
 
 from __future__ import annotations

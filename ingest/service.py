@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import math
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -74,6 +75,8 @@ log = logging.getLogger(__name__)
 
 MAX_CLOSED_BATCHES = 2
 PLAN_RELOAD_S = 5.0  # the manifest is read again at least this often
+PLAN_MIN_GAP_S = 0.5  # and at most this often
+PLAN_WAIT_S = 2.0  # how long a batch waits for the plan a stored manifest announced
 DRAIN_S = 10.0  # on SIGTERM: at most this long to write and acknowledge what was taken
 POD_SOURCE = "http:/v1/pod"
 # unacknowledged messages the broker may have in flight to us: the local stack's
@@ -149,6 +152,9 @@ class Ingest:
         self._stops_key: object = None
         self._plan_ready = asyncio.Event()
         self._manifest_changed = asyncio.Event()
+        # manifest notifications received, and the newest one a finished reload covers:
+        # batches wait (a little) for the plan a notification announced
+        self._notified = self._reloaded = 0
         self._inbox_taken: set[int] = set()  # pod_inbox rows handed to a batch not yet committed
         self._pool = pool
         self._health: dict[tuple[str, int], str] = {}
@@ -348,6 +354,9 @@ class Ingest:
         await self._plan_ready.wait()  # the parcel stage needs the plan before any evidence
         while True:
             drained = await self._closed.get()
+            deadline = time.monotonic() + PLAN_WAIT_S
+            while self._reloaded < self._notified and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)  # a manifest was stored: its plan first
             self._sync_roles()  # the gates' antenna roles, as the manifest has them now
             result = self.pipeline.process(drained)
             self.stats.parcel_events += len(drained.rows.get("parcel_event", ()))
@@ -396,7 +405,14 @@ class Ingest:
     async def run_plan(self) -> None:
         """Load the manifest (stops' geofences, parcels, routes, gates, vans' tags), and
         again whenever it changes; after a restart, the parcels' states from parcel_latest."""
+        last = -math.inf
         while True:
+            gap = time.monotonic() - last
+            if gap < PLAN_MIN_GAP_S:  # a burst of stored manifests: one reload per gap
+                await asyncio.sleep(PLAN_MIN_GAP_S - gap)
+            last = time.monotonic()
+            self._manifest_changed.clear()  # this reload reads what they stored
+            covers = self._notified
             try:
                 async with self._pool.connection() as conn:
                     cur = await conn.execute(
@@ -437,18 +453,28 @@ class Ingest:
                 if seed:
                     self.pipeline.parcels.seed(seed)
                 if state:
-                    self.pipeline.restore_state(state)
-                    log.info("parcel stage: restored %d attempts and %d cargo removals waiting"
-                             " to settle", sum(map(len, state.get("attempts", {}).values())),
-                             sum(map(len, state.get("removals", {}).values())))  # fmt: skip
+                    self._restore(state)
                 self._plan_ready.set()
             except psycopg.OperationalError as exc:
                 log.debug("cannot read the manifest (%s); keeping the plan", exc)
             except ValueError as exc:
                 log.warning("stops not usable as geofences (%s); keeping the previous ones", exc)
+            self._reloaded = max(self._reloaded, covers)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._manifest_changed.wait(), PLAN_RELOAD_S)
-            self._manifest_changed.clear()
+
+    def _restore(self, state: Any) -> None:
+        """The parcel stage's state between events, from ingest_state; one this version
+        cannot read is left out with a warning (ingest starts without it)."""
+        try:
+            self.pipeline.restore_state(state)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            log.warning("ingest_state: cannot restore the parcel stage's state (%r); starting"
+                        " without it", exc)  # fmt: skip
+            return
+        counts = self.pipeline.parcels.book.pending_counts()
+        log.info("parcel stage: restored %d attempts and %d cargo removals waiting to settle",
+                 *counts)  # fmt: skip
 
     async def run_manifest_listen(self) -> None:
         """LISTEN for stored manifests, so the plan and the gates follow one at once rather
@@ -461,13 +487,19 @@ class Ingest:
                     self.settings.database_url, autocommit=True
                 ) as conn:
                     await conn.execute(f"LISTEN {MANIFEST_CHANNEL}")
+                    if delay > 0.5:
+                        log.info("manifest notifications: listening again")
                     delay = 0.5
                     self._manifest_changed.set()  # what changed while it was not listening
+                    self.gates.wake()
                     async for _ in conn.notifies():
+                        self._notified += 1
                         self._manifest_changed.set()
                         self.gates.wake()
-            except psycopg.OperationalError as exc:
-                log.debug("manifest notifications: %s; reconnecting", exc)
+            except psycopg.Error as exc:  # an optimisation: the reload every 5 s goes on
+                if delay == 0.5:
+                    log.warning("manifest notifications: %s; reconnecting (the manifest is"
+                                " still re-read every %g s)", exc, PLAN_RELOAD_S)  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 

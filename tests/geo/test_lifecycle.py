@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 
 from geo.lifecycle import ParcelBook, PlanParcels
 
@@ -221,3 +222,5 @@ def test_a_restart_in_the_middle_of_an_attempt_and_a_removal_settles_them_the_sa
     assert rest(restarted) == want
     assert rest(forgetful) == []  # what was lost before
     assert restarted.transient() == kept.transient()
+    with pytest.raises(ValueError, match="version"):  # ingest starts without it, warned
+        book().restore_transient({**state_json, "v": 99})
