@@ -25,6 +25,7 @@ from simulators.day import DayConfig, make_day
 from simulators.live import run_day, schedule
 from tests.integration.conftest import (
     ROOT,
+    STATE_DIR,
     Proc,
     cli_with,
     forget_session,
@@ -113,9 +114,19 @@ def test_a_day_with_ingest_killed_three_times_ends_as_its_replay(
         receiver.stop()
 
 
+def test_a_day_with_postgresql_stopped_for_8_s_ends_as_its_replay(
+    spawn: Callable[..., Proc], env: dict[str, str], tmp_path: Path,
+) -> None:
+    """Issue 8's fault, on the lifecycle: PostgreSQL stopped for 8 s (400 s of the day at
+    50x) while the day plays. Ingest stops acknowledging, the broker holds the rest, and
+    once the database is back the day ends with its replay's parcel events and states."""
+    _play_day_and_compare(spawn, env, tmp_path, "pgdown", kills_at_s=(), pg_down=(20.0, 8.0))
+
+
 def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_path: Path,
                           name: str, kills_at_s: Sequence[float],
-                          receiver: Receiver | None = None) -> None:  # fmt: skip
+                          receiver: Receiver | None = None,
+                          pg_down: tuple[float, float] | None = None) -> None:  # fmt: skip
     with scratch_database(f"milepost_{name}") as url, psycopg.connect(url, autocommit=True) as db:
         extra = {"MILEPOST_DATABASE_URL": url,
                  "MILEPOST_MQTT_CLIENT_ID": f"milepost-{name}-{secrets.token_hex(3)}"}
@@ -153,6 +164,15 @@ def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_p
 
         def killer() -> None:
             t0 = time.monotonic()
+            if pg_down is not None:
+                at, outage_s = pg_down
+                if done.wait(max(0.0, t0 + at - time.monotonic())):
+                    return
+                stack.stop_postgres(STATE_DIR)
+                try:
+                    time.sleep(outage_s)
+                finally:
+                    stack.start_postgres(STATE_DIR)
             for at in kills_at_s:
                 if done.wait(max(0.0, t0 + at - time.monotonic())):
                     return
@@ -172,6 +192,10 @@ def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_p
         assert (stats.published, stats.failed) == (len(messages), 0)
         # every kill came while the day played
         assert len(procs) == 1 + len(kills_at_s) + (receiver is not None)
+        assert all(p.proc.poll() is None for p in procs), "a process exited"
+        if pg_down is not None:  # the outage ended the test's own session too
+            db.close()
+            db = psycopg.connect(url, autocommit=True)
 
         def events() -> list[tuple[str, str, str, str | None]]:
             return [(r[0], r[1], r[2] or "", r[3]) for r in db.execute(
@@ -216,3 +240,4 @@ def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_p
         for p in procs:
             p.stop()
         forget_session(extra["MILEPOST_MQTT_CLIENT_ID"])
+        db.close()
