@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
-import psycopg
+
+from milepost.db import listen
 
 log = logging.getLogger(__name__)
 
@@ -138,21 +139,16 @@ class LiveHub:
             log.warning("live: unreadable notification (%s)", exc)
 
     async def run(self) -> None:
-        """LISTEN, reconnecting with backoff; never returns."""
-        delay = 0.5
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(self._url,
-                                                                 autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    self.connected, delay = True, 0.5
-                    self.positions_version += 1
-                    log.info("live: listening on %s", CHANNEL)
-                    async for n in conn.notifies():
-                        self.receive(n.payload)
-            except psycopg.OperationalError as exc:
-                if self.connected:
-                    log.warning("live: lost the database (%s); reconnecting", exc)
-                self.connected = False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        """LISTEN, reconnecting with backoff (:func:`milepost.db.listen`); never returns."""
+
+        def up() -> None:
+            self.connected = True
+            self.positions_version += 1
+            log.info("live: listening on %s", CHANNEL)
+
+        def down(exc: Exception) -> None:
+            if self.connected:
+                log.warning("live: lost the database (%s); reconnecting", exc)
+            self.connected = False
+
+        await listen(self._url, CHANNEL, on_notify=self.receive, on_up=up, on_down=down)

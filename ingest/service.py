@@ -69,6 +69,7 @@ from ingest.registry import Registry
 from ingest.serial import GateChunk, GateSupervisor
 from ingest.webhooks import WebhookSender
 from ingest.writer import Prepared, Writer, datetime_to_us
+from milepost.db import listen
 from milepost.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -479,29 +480,32 @@ class Ingest:
     async def run_manifest_listen(self) -> None:
         """LISTEN for stored manifests, so the plan and the gates follow one at once rather
         than at the next reload (evidence of a van that leaves right after its manifest
-        was loaded would meet the old plan); reconnects with backoff."""
-        delay = 0.5
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.settings.database_url, autocommit=True
-                ) as conn:
-                    await conn.execute(f"LISTEN {MANIFEST_CHANNEL}")
-                    if delay > 0.5:
-                        log.info("manifest notifications: listening again")
-                    delay = 0.5
-                    self._manifest_changed.set()  # what changed while it was not listening
-                    self.gates.wake()
-                    async for _ in conn.notifies():
-                        self._notified += 1
-                        self._manifest_changed.set()
-                        self.gates.wake()
-            except psycopg.Error as exc:  # an optimisation: the reload every 5 s goes on
-                if delay == 0.5:
-                    log.warning("manifest notifications: %s; reconnecting (the manifest is"
-                                " still re-read every %g s)", exc, PLAN_RELOAD_S)  # fmt: skip
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        was loaded would meet the old plan); reconnects with backoff (an optimisation: the
+        reload every few seconds goes on without it)."""
+        lost = False
+
+        def up() -> None:
+            nonlocal lost
+            if lost:
+                log.info("manifest notifications: listening again")
+            lost = False
+            self._manifest_changed.set()  # what changed while it was not listening
+            self.gates.wake()
+
+        def notified(_: str) -> None:
+            self._notified += 1
+            self._manifest_changed.set()
+            self.gates.wake()
+
+        def down(exc: Exception) -> None:
+            nonlocal lost
+            if not lost:
+                log.warning("manifest notifications: %s; reconnecting (the manifest is still"
+                            " re-read every %g s)", exc, PLAN_RELOAD_S)  # fmt: skip
+            lost = True
+
+        await listen(self.settings.database_url, MANIFEST_CHANNEL, on_notify=notified,
+                     on_up=up, on_down=down)  # fmt: skip
 
     def _sync_roles(self) -> None:
         self.pipeline.set_roles({(gid, ant): role for gid, r in self.gates.readers.items()

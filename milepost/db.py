@@ -1,9 +1,12 @@
-"""Schema migrations: numbered SQL files in ``milepost/schema``, tracked in ``schema_version``."""
+"""Schema migrations: numbered SQL files in ``milepost/schema``, tracked in ``schema_version``;
+and :func:`listen`, the LISTEN loop both processes use."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -69,3 +72,25 @@ def schema_version(database_url: str) -> int:
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
     return int(row[0]) if row else 0
+
+
+async def listen(database_url: str, channel: str, *, on_notify: Callable[[str], None],
+                 on_up: Callable[[], None], on_down: Callable[[Exception], None]) -> None:
+    """LISTEN on ``channel`` for ever, on a connection of its own: ``on_up()`` each time it
+    listens (the first time and after every reconnect), ``on_notify(payload)`` for each
+    notification, ``on_down(error)`` when the connection is lost or cannot be made; then
+    it connects again with backoff (0.5 s, doubling to 30 s). Never returns."""
+    delay = 0.5
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(database_url,
+                                                             autocommit=True) as conn:
+                await conn.execute(f"LISTEN {channel}")
+                delay = 0.5
+                on_up()
+                async for n in conn.notifies():
+                    on_notify(n.payload)
+        except psycopg.Error as exc:
+            on_down(exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)

@@ -34,6 +34,9 @@ from tests.integration.test_serial import epcs
 HUB_LON, HUB_LAT = 13.4700, 52.5700
 DLAT = 0.0054  # 600 m north
 DLON = 0.0088  # 600 m east at this latitude
+HUB_RING = [[HUB_LON - 0.0013, HUB_LAT - 0.0008], [HUB_LON + 0.0013, HUB_LAT - 0.0008],
+            [HUB_LON + 0.0013, HUB_LAT + 0.0008], [HUB_LON - 0.0013, HUB_LAT + 0.0008],
+            [HUB_LON - 0.0013, HUB_LAT - 0.0008]]  # fmt: skip
 
 
 def status_of(db: psycopg.Connection, tn: str) -> tuple[str, str | None, str | None]:
@@ -51,13 +54,11 @@ def test_a_vans_morning(ingest: Proc, api_url: str, cli: Callable[..., str],
     van_epc, e1, e2, e3, e4, e5 = epcs(6)
     tn = {k: f"LC{tag}P{k}" for k in range(1, 6)}
     now = datetime.now(UTC).replace(microsecond=0)
-    ring = [[HUB_LON - 0.0013, HUB_LAT - 0.0008], [HUB_LON + 0.0013, HUB_LAT - 0.0008],
-            [HUB_LON + 0.0013, HUB_LAT + 0.0008], [HUB_LON - 0.0013, HUB_LAT + 0.0008],
-            [HUB_LON - 0.0013, HUB_LAT - 0.0008]]  # fmt: skip
     point = {"type": "Point"}
     manifest = {
         "stops": [
-            {"stop_id": hub, "kind": "hub", "geofence": {"type": "Polygon", "coordinates": [ring]}},
+            {"stop_id": hub, "kind": "hub",
+             "geofence": {"type": "Polygon", "coordinates": [HUB_RING]}},
             {"stop_id": dock, "kind": "dock", "hub_stop_id": hub, "radius_m": 8,
              "geofence": {**point, "coordinates": [HUB_LON, HUB_LAT]}},
             {"stop_id": s1, "kind": "delivery", "radius_m": 40,
@@ -244,12 +245,9 @@ def test_kill_9_between_leaving_a_stop_and_the_attempts_grace_still_fails_the_at
         van, hub, s1 = f"AT{tag}-VAN", f"AT{tag}-HUB", f"AT{tag}-S1"
         (e1,) = epcs(1)
         tn = f"AT{tag}P1"
-        ring = [[HUB_LON - 0.0013, HUB_LAT - 0.0008], [HUB_LON + 0.0013, HUB_LAT - 0.0008],
-                [HUB_LON + 0.0013, HUB_LAT + 0.0008], [HUB_LON - 0.0013, HUB_LAT + 0.0008],
-                [HUB_LON - 0.0013, HUB_LAT - 0.0008]]  # fmt: skip
         manifest = {
             "stops": [{"stop_id": hub, "kind": "hub",
-                       "geofence": {"type": "Polygon", "coordinates": [ring]}},
+                       "geofence": {"type": "Polygon", "coordinates": [HUB_RING]}},
                       {"stop_id": s1, "kind": "delivery", "radius_m": 40,
                        "geofence": {"type": "Point", "coordinates": [HUB_LON, HUB_LAT + DLAT]}}],
             "vehicles": [{"vehicle_id": van}],

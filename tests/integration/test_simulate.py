@@ -214,13 +214,13 @@ def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_p
                     and len(seen) > 6 and seen[-7] == now)  # fmt: skip
 
         wait_until(settled, timeout=60, what="the day's last events")
+        played_us = day.start_us + round(from_s * 1e6)  # what the live run was given
         ref = replay(pipeline_for(parse_manifest(doc)), start_us=day.start_us,
                      end_us=day.start_us + round((messages[-1][0] + 1.0) * 1e6),
-                     fixes={v: a[a["ts_us"] >= day.start_us + round(from_s * 1e6)]
-                            for v, a in day.fixes.items()},
-                     cargo=[m for m in day.cargo if m[1].ts_us >= day.start_us + from_s * 1e6],
-                     sensors=[m for m in day.sensors if m[1].ts_us >= day.start_us + from_s * 1e6],
-                     pods=[m for m in day.pods if m[1].ts_us >= day.start_us + from_s * 1e6],
+                     fixes={v: a[a["ts_us"] >= played_us] for v, a in day.fixes.items()},
+                     cargo=[m for m in day.cargo if m[1].ts_us >= played_us],
+                     sensors=[m for m in day.sensors if m[1].ts_us >= played_us],
+                     pods=[m for m in day.pods if m[1].ts_us >= played_us],
                      batch_s=1.0)  # fmt: skip
         want_final = {r[0]: (r[2], r[3] or "", r[4]) for r in ref.rows["parcel_latest"]}
         got_final = {r[0]: (r[1], r[2] or "", r[3]) for r in db.execute(
