@@ -19,7 +19,8 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import errors
-from api.deps import check_connection
+from api.coalesce import Coalescer
+from api.deps import check_connection, configure_connection
 from api.limits import BodyLimit
 from api.live import LiveHub
 from api.metrics import ApiMetrics, LatencyMiddleware
@@ -53,6 +54,7 @@ class State(TypedDict):
     fleet: vehicles.FleetSnapshot
     metrics: ApiMetrics
     limiter: RateLimiter
+    parcel_lookups: Coalescer[parcels.Lookup, parcels.Rows]
 
 
 # the two hottest reads: the customers' GET /v1/parcels/{n} and the dispatchers' fleet list
@@ -61,7 +63,7 @@ FAST_ENDPOINTS: Final = (("/v1/parcels/{tracking_number}", parcels.get_parcel_fa
 
 
 class FastPaths:
-    """Pure ASGI, outermost inside the application: a GET without a body on one of
+    """Pure ASGI, in front of the application: a GET without a body on one of
     :data:`FAST_ENDPOINTS` goes straight to its plain endpoint; everything else to the
     FastAPI stack. The FastAPI routes of the same paths stay for the OpenAPI document
     and share the endpoints' code; tests/integration/test_fast_routes.py checks that both
@@ -110,12 +112,17 @@ class FastPaths:
 
 
 class MilepostApi(FastAPI):
-    """FastAPI with :class:`FastPaths` in front of its middleware stack."""
+    """FastAPI with :class:`FastPaths` in front of it (before FastAPI's and Starlette's own
+    ``__call__``, which set up its telemetry and its middleware stack)."""
 
     metrics: ApiMetrics
+    fast: FastPaths | None = None  # made at the first call
 
-    def build_middleware_stack(self) -> ASGIApp:
-        return FastPaths(super().build_middleware_stack(), self.metrics)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fast
+        if fast is None:
+            fast = self.fast = FastPaths(super().__call__, self.metrics)
+        await fast(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -126,9 +133,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         # check: a connection broken by a database restart is replaced, not handed out
         p = AsyncConnectionPool(settings.database_url, min_size=1, max_size=settings.db_pool_max,
-                                open=False, name="api", check=check_connection)  # fmt: skip
+                                open=False, name="api", check=check_connection,
+                                configure=configure_connection)  # fmt: skip
         await p.open(wait=False)
         hub = LiveHub(settings.database_url)
+        lookups = parcels.parcel_lookups(p)
         listener = asyncio.create_task(hub.run(), name="live")
         # what start-up made (modules, models, routes) lives as long as the process: out
         # of the collector's way, so a full collection is not a pause of tens of ms
@@ -137,8 +146,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield {"pool": p, "settings": settings, "osmand_registry": Registry(p, "osmand_id"),
                    "live": hub, "fleet": vehicles.FleetSnapshot(), "metrics": metrics,
-                   "limiter": RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)}
+                   "limiter": RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+                   "parcel_lookups": lookups}
         finally:
+            await lookups.close()
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request
@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
+from api.coalesce import Coalescer
 from api.deps import pool
 from api.live import LiveHub
 from api.metrics import CONTENT_TYPE, ApiMetrics, gauge_lines, ingest_lines
@@ -67,12 +68,18 @@ async def healthz(
 async def metrics(request: Request, p: Annotated[AsyncConnectionPool, Depends(pool)]) -> Response:
     own: ApiMetrics = request.state.metrics
     hub: LiveHub = request.state.live
+    lookups: Coalescer[Any, Any] = request.state.parcel_lookups
     parts = [own.text().decode(),
              gauge_lines("milepost_live_clients", "clients of GET /v1/live", [({}, hub.clients)]),
              gauge_lines("milepost_live_listening", "1 while the live LISTEN connection is up",
                          [({}, int(hub.connected))]),
              gauge_lines("milepost_live_dropped_clients", "live clients dropped as too slow",
-                         [({}, hub.dropped_clients)], "counter")]  # fmt: skip
+                         [({}, hub.dropped_clients)], "counter"),
+             gauge_lines("milepost_parcel_lookups", "GET /v1/parcels/{n} lookups answered",
+                         [({}, lookups.keys)], "counter"),
+             gauge_lines("milepost_parcel_lookup_statements",
+                         "statements that answered them (batched under load: api.coalesce)",
+                         [({}, lookups.fetches)], "counter")]  # fmt: skip
     try:
         async with p.connection(timeout=2.0) as conn:
             cur = await conn.execute(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from itertools import groupby
+from operator import itemgetter
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -11,7 +13,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
-from api.deps import KEY_COLUMNS, KEY_JOIN, Bearer, bearer, db_pool, pool, read_connection, require
+from api.coalesce import Coalescer
+from api.deps import KEY_COLUMNS, Bearer, bearer, db_pool, key_join, read_connection, require
 from api.errors import ApiError
 from api.keys import ApiKey
 from api.responses import JsonResponse
@@ -74,33 +77,35 @@ NOT_FOUND = ApiError(404, "not_found", "no such parcel")  # the same for unknown
 _TRACKING = re.compile(TRACKING)
 _customer_or_dispatcher = bearer("customer", "dispatcher")
 
-# one statement: the caller's key (see deps.Bearer), and the parcel, its stop, its van's
-# position and its events, one row per event (one row of NULLs after the key when the
-# parcel is unknown, one with NULL event columns when it has no events)
-_PARCEL_SQL = (
-    f"SELECT {', '.join(KEY_COLUMNS)}, l.tracking_number, l.status, l.sub_status, l.time,"
+# one statement for a batch of lookups (api.coalesce): per lookup, numbered i from 1, the
+# caller's key (see deps.Bearer), and the parcel, its stop, its van's position and its
+# events, one row per event (one row of NULLs after the key when the parcel is unknown,
+# one with NULL event columns when it has no events)
+_PARCELS_SQL = (
+    f"SELECT q.i, {', '.join(KEY_COLUMNS)}, l.tracking_number, l.status, l.sub_status, l.time,"
     " p.stop_id, s.name, p.promised_by, l.eta, l.eta_earliest, l.eta_latest,"
     " l.eta_confidence, l.vehicle_id, v.lon, v.lat, v.time,"
     " e.time, e.status, e.sub_status, e.stop_id, e.vehicle_id, e.detail"
-    f" FROM (SELECT 1) AS one {KEY_JOIN}"
+    " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS q(prefix, number, i)"
+    f" {key_join('q.prefix')}"
     " LEFT JOIN (parcel p JOIN parcel_latest l USING (tracking_number))"
-    " ON p.tracking_number = %s"
+    " ON p.tracking_number = q.number"
     " LEFT JOIN stop s ON s.stop_id = p.stop_id"
     " LEFT JOIN vehicle_latest v ON v.vehicle_id = l.vehicle_id"
     " LEFT JOIN parcel_event e ON e.tracking_number = p.tracking_number"
-    " ORDER BY e.time"
+    " ORDER BY q.i, e.time"
 )
-_KEY = len(KEY_COLUMNS)  # the key's columns come first
+_KEY = 1 + len(KEY_COLUMNS)  # the lookup's number and the key's columns come first
 _PARCEL_FIELDS = tuple(Parcel.model_fields)
 _EVENT_FIELDS = tuple(TimelineEvent.model_fields)
 _POSITION_FIELDS = tuple(Position.model_fields)
 
 
 def parcel_json(rows: list[tuple[Any, ...]], dispatcher: bool) -> dict[str, Any]:
-    """The ``Parcel`` document of ``_PARCEL_SQL``'s rows less the key's columns, as the
-    model would dump it: its fields in the model's order (zip ``strict``: a field added to
-    a model and not here fails every request instead of going missing), without
-    validating each value again."""
+    """The ``Parcel`` document of one lookup's rows of ``_PARCELS_SQL`` less its number and
+    the key's columns, as the model would dump it: its fields in the model's order (zip
+    ``strict``: a field added to a model and not here fails every request instead of going
+    missing), without validating each value again."""
     first = rows[0]
     vehicle_id, lon, lat, vtime = first[11:15]
     position = (dict(zip(_POSITION_FIELDS, (lon, lat, vtime), strict=True))
@@ -117,12 +122,12 @@ def parcel_json(rows: list[tuple[Any, ...]], dispatcher: bool) -> dict[str, Any]
 @router.get("/{tracking_number}", response_model=Parcel, response_model_exclude_none=False,
             summary="Status, ETA window and timeline of one parcel")  # fmt: skip
 async def get_parcel(
-    p: Annotated[AsyncConnectionPool, Depends(db_pool)],
+    request: Request,
     caller: Annotated[Bearer, Depends(_customer_or_dispatcher)],
     tracking_number: Annotated[str, Path(examples=["MP100200300"])],
 ) -> Response:
     # served by get_parcel_fast (see there); this route gives the OpenAPI document
-    return await parcel_answer(p, caller, tracking_number)
+    return await parcel_answer(request.state.parcel_lookups, caller, tracking_number)
 
 
 async def get_parcel_fast(request: Request) -> Response:
@@ -130,17 +135,35 @@ async def get_parcel_fast(request: Request) -> Response:
     same answer, without FastAPI's dependency resolution and parameter validation, which
     cost more than the query on this, the customers' hot path."""
     caller = await _customer_or_dispatcher(request)
-    return await parcel_answer(pool(request), caller, request.path_params["tracking_number"])
+    return await parcel_answer(request.state.parcel_lookups, caller,
+                               request.path_params["tracking_number"])  # fmt: skip
 
 
-async def parcel_answer(p: AsyncConnectionPool, caller: Bearer, tracking_number: str) -> Response:
+Lookup = tuple[str, str]  # the caller's key prefix, the tracking number
+Rows = list[tuple[Any, ...]]
+
+
+def parcel_lookups(p: AsyncConnectionPool) -> Coalescer[Lookup, Rows]:
+    """The app's batcher of parcel lookups (``api.coalesce``), on the pool ``p``."""
+
+    async def fetch(lookups: list[Lookup]) -> list[Rows]:
+        async with read_connection(p) as conn:
+            cur = await conn.execute(_PARCELS_SQL, ([k for k, _ in lookups],
+                                                    [n for _, n in lookups]))  # fmt: skip
+            rows = await cur.fetchall()
+        # rows come in lookup order, each lookup's at least one
+        return [list(group) for _, group in groupby(rows, key=itemgetter(0))]
+
+    return Coalescer(fetch)
+
+
+async def parcel_answer(lookups: Coalescer[Lookup, Rows], caller: Bearer,
+                        tracking_number: str) -> Response:  # fmt: skip
     # a malformed number is looked up as "", which no parcel has: the key is still checked
     # first, and unknown and malformed numbers answer alike
     number = tracking_number if _TRACKING.fullmatch(tracking_number) else ""
-    async with read_connection(p) as conn:
-        cur = await conn.execute(_PARCEL_SQL, (caller.prefix, number))
-        rows = await cur.fetchall()
-    key = caller.admit(rows[0][:_KEY])
+    rows = await lookups.get((caller.prefix, number))
+    key = caller.admit(rows[0][1:_KEY])
     if rows[0][_KEY] is None:
         raise NOT_FOUND
     # the document is built as the model dumps it (see parcel_json); the response model
