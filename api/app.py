@@ -136,8 +136,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 open=False, name="api", check=check_connection,
                                 configure=configure_connection)  # fmt: skip
         await p.open(wait=False)
+        # the parcel lookups' own connections, in autocommit mode (one statement each, no
+        # BEGIN and COMMIT), one per fetch in flight: never waiting behind other requests
+        lookup_pool = AsyncConnectionPool(
+            settings.database_url, min_size=1, max_size=parcels.LOOKUPS_INFLIGHT, open=False,
+            name="api-lookups", check=check_connection, configure=configure_connection,
+            kwargs={"autocommit": True})  # fmt: skip
+        await lookup_pool.open(wait=False)
         hub = LiveHub(settings.database_url)
-        lookups = parcels.parcel_lookups(p)
+        lookups = parcels.parcel_lookups(lookup_pool)
         listener = asyncio.create_task(hub.run(), name="live")
         # what start-up made (modules, models, routes) lives as long as the process: out
         # of the collector's way, so a full collection is not a pause of tens of ms
@@ -150,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    "parcel_lookups": lookups}
         finally:
             await lookups.close()
+            await lookup_pool.close()
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener

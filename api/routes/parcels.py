@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
 from api.coalesce import Coalescer
-from api.deps import KEY_COLUMNS, Bearer, bearer, db_pool, key_join, read_connection, require
+from api.deps import KEY_COLUMNS, Bearer, bearer, db_pool, key_join, require
 from api.errors import ApiError
 from api.keys import ApiKey
 from api.responses import JsonResponse
@@ -140,21 +140,23 @@ async def get_parcel_fast(request: Request) -> Response:
 
 
 Lookup = tuple[str, str]  # the caller's key prefix, the tracking number
+LOOKUPS_INFLIGHT = 2  # statements at once; lookups that come meanwhile wait and share one
 Rows = list[tuple[Any, ...]]
 
 
 def parcel_lookups(p: AsyncConnectionPool) -> Coalescer[Lookup, Rows]:
-    """The app's batcher of parcel lookups (``api.coalesce``), on the pool ``p``."""
+    """The app's batcher of parcel lookups (``api.coalesce``), on ``p``: a pool of
+    autocommit connections, ``LOOKUPS_INFLIGHT`` at most."""
 
     async def fetch(lookups: list[Lookup]) -> list[Rows]:
-        async with read_connection(p) as conn:
+        async with p.connection() as conn:
             cur = await conn.execute(_PARCELS_SQL, ([k for k, _ in lookups],
                                                     [n for _, n in lookups]))  # fmt: skip
             rows = await cur.fetchall()
         # rows come in lookup order, each lookup's at least one
         return [list(group) for _, group in groupby(rows, key=itemgetter(0))]
 
-    return Coalescer(fetch)
+    return Coalescer(fetch, max_inflight=LOOKUPS_INFLIGHT)
 
 
 async def parcel_answer(lookups: Coalescer[Lookup, Rows], caller: Bearer,
