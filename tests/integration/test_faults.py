@@ -391,10 +391,20 @@ def test_idle_ingest_survives_a_database_restart(
     wait_until(lambda: stored_seqs(fault_db, vid) == [0], what="a fix stored after the restart")
 
 
-def test_api_answers_the_first_request_after_a_database_restart(api_url: str) -> None:
-    """The API's pool must not hand out a connection that the restart closed (psycopg_pool
-    checks none by default: ``check=AsyncConnectionPool.check_connection`` does)."""
+def test_api_answers_the_first_request_after_a_database_restart(
+    api_url: str, cli: Callable[..., str]
+) -> None:
+    """The API's pools must not hand out a connection that the restart closed (psycopg_pool
+    checks none by default: ``check=AsyncConnectionPool.check_connection`` does): the main
+    pool (``/healthz``) and the parcel lookups' own (``GET /v1/parcels/{n}``)."""
+    key = cli("keys", "create", "--role", "customer", "--name", "after-restart")
+    parcel = f"{api_url}/v1/parcels/NOSUCH-{secrets.token_hex(4)}"
+
+    def lookup() -> httpx.Response:
+        return httpx.get(parcel, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+
     wait_api_healthy(api_url)  # the pool holds open connections, none closed yet
+    assert lookup().status_code == 404  # the key checked, the number unknown
     try:
         stack.stop_postgres(STATE_DIR)
     finally:
@@ -402,6 +412,8 @@ def test_api_answers_the_first_request_after_a_database_restart(api_url: str) ->
     try:
         r = api_healthz(api_url)
         assert r.status_code == 200, f"first request after the restart: {r.text}"
+        r = lookup()
+        assert r.status_code == 404, f"first lookup after the restart: {r.text}"
     finally:  # leave a working pool to the next tests, whatever happened here
         wait_api_healthy(api_url)
 
