@@ -4,7 +4,9 @@ Pure NumPy (and the prepared :class:`geo.fences.FenceSet`); no I/O, event time o
 
 Where a van was at a time: :class:`TrackBuffer`
     The buffer keeps each vehicle's fixes of the last ``horizon_us`` of its own event time
-    (default 15 minutes), sorted by (vehicle, time), one fix per vehicle and instant.
+    (default 15 minutes), and every fix of the latest ``extend`` however old (a backlog
+    flushed at once places its own evidence), sorted by (vehicle, time), one fix per
+    vehicle and instant.
     :meth:`TrackBuffer.position_at` answers "where was vehicle v at time t" for many
     (v, t) pairs at once:
 
@@ -114,12 +116,14 @@ class TrackBuffer:
         lat = np.concatenate([self._lat, lat[ok]])
         is_new = np.arange(len(t)) >= len(self._t)
         order = np.lexsort((is_new, t, v))  # stored fixes first among equal times
-        v, t, lon, lat = v[order], t[order], lon[order], lat[order]
+        v, t, lon, lat, is_new = v[order], t[order], lon[order], lat[order], is_new[order]
         keep = np.ones(len(t), bool)
         keep[1:] = (v[1:] != v[:-1]) | (t[1:] != t[:-1])
         newest = np.full(len(self.vehicle_ids), NO_TIME)
         np.maximum.at(newest, v, t)
-        keep &= newest[v] - t <= self.horizon_us
+        # the horizon trims what earlier batches stored, never this batch's own fixes: a
+        # backlog flushed at once (a van back online) places its own proofs and passes
+        keep &= (newest[v] - t <= self.horizon_us) | is_new
         self._v, self._t, self._lon, self._lat = v[keep], t[keep], lon[keep], lat[keep]
 
     def position_at(self, vehicle: ArrayLike, ts_us: ArrayLike

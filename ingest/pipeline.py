@@ -158,7 +158,11 @@ class Pipeline:
 
     def cargo_row(self, vehicle: str, scan: CargoScan
                   ) -> tuple[tuple[Any, ...], CargoEvidence | None]:  # fmt: skip
-        """The cargo_scan row of an inventory, and what it changed for the parcel stage."""
+        """The cargo_scan row of an inventory, and what it changed for the parcel stage.
+
+        Inventories go through here in event time: a batch hands them over as
+        ``evidence["scans"]`` (``(vehicle, scan)`` in arrival order), and :meth:`process`
+        sorts them first (a backlog flushed out of order is news, not late news)."""
         change = self.cargo.update(vehicle, scan.ts_us, set(scan.epcs))
         late = change.late
         row = (us_to_datetime(scan.ts_us), vehicle, list(scan.epcs),
@@ -191,12 +195,27 @@ class Pipeline:
     def process(self, drained: Drained) -> StageResult:
         """Run every stage over the batch; fill ``drained.rows``; return the valid fixes and
         the rejected ones (for dead_letter)."""
+        self._cargo_into(drained)
         passes = self._passes_of(drained)
         result = run_stages(drained.fixes)
         events = self._transitions_into(drained, result.frame)
         self._parcels_into(drained, result.frame, passes, events)
         drained.rows["live"] = [(m,) for m in live_messages(result.frame, drained.rows)]
         return result
+
+    def _cargo_into(self, drained: Drained) -> None:
+        """The batch's inventories (``evidence["scans"]``), in event time (per van, ties in
+        arrival order): their cargo_scan rows, and what they changed as ``evidence["cargo"]``."""
+        scans: list[tuple[str, CargoScan]] = drained.evidence.pop("scans", [])
+        if not scans:
+            return
+        rows = drained.rows.setdefault("cargo", [])
+        changes = drained.evidence.setdefault("cargo", [])
+        for vehicle, scan in sorted(scans, key=lambda x: x[1].ts_us):  # stable
+            row, change = self.cargo_row(vehicle, scan)
+            rows.append(row)
+            if change is not None:
+                changes.append(change)
 
     def _transitions_into(self, drained: Drained, frame: FixFrame) -> Events:
         """Geofence enter / dwell / exit from the batch's valid fixes, in event time."""

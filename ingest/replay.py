@@ -45,6 +45,14 @@ def pipeline_for(manifest: Manifest) -> Pipeline:
     return p
 
 
+Arrival = Callable[[str, str, NDArray[np.int64]], NDArray[np.int64]]
+
+
+def in_event_time(kind: str, vehicle: str, ts_us: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Everything arrives when it happens (the default :data:`Arrival`)."""
+    return ts_us
+
+
 def replay(
     pipeline: Pipeline,
     *,
@@ -57,17 +65,34 @@ def replay(
     pods: Sequence[tuple[str, ProofOfDelivery]] = (),
     batch_s: float = 1.0,
     on_batch: Callable[[int, Drained], None] | None = None,
+    arrival: Arrival = in_event_time,
 ) -> Replayed:
     """Feed everything between ``start_us`` and ``end_us`` (fixes: GPS_FIX_DTYPE arrays in
     time order per vehicle; reads: per gate, time-ordered ts, antenna, RSSI and EPC);
-    ``on_batch(end_us, drained)`` sees every processed batch."""
+    ``on_batch(end_us, drained)`` sees every processed batch.
+
+    ``arrival(kind, vehicle, ts_us)`` says when the van's fixes (``"gps"``), inventories
+    (``"cargo"``), readings (``"sensor"``) and proofs (``"pod"``) stamped ``ts_us`` reach
+    ingest (at or after ``ts_us``; by default at once): a batch holds what arrives in its
+    ``batch_s``, in arrival order (a van offline for a while, then flushing its backlog
+    out of order). Gate reads arrive when they are read (the host stamps them)."""
     out = Replayed()
     step = max(1, round(batch_s * US_PER_S))
     reads = reads or {}
-    fix_ts = {v: a["ts_us"] for v, a in fixes.items()}
-    streams: list[tuple[Sequence[tuple[str, Any]], str]] = [
-        (cargo, "cargo"), (sensors, "sensor"), (pods, "pod")]
-    cursor = dict.fromkeys(("cargo", "sensor", "pod"), 0)
+    # per van, its fixes in arrival order, and when each arrives
+    gps: dict[str, tuple[NDArray[Any], NDArray[np.int64]]] = {}
+    for v, van_fixes in fixes.items():
+        at = np.asarray(arrival("gps", v, van_fixes["ts_us"]), np.int64)
+        order = np.argsort(at, kind="stable")
+        gps[v] = van_fixes[order], at[order]
+    # inventories, readings and proofs in arrival order
+    items: list[tuple[int, int, str, str, Any]] = []
+    for stream, kind in ((cargo, "cargo"), (sensors, "sensor"), (pods, "pod")):
+        for vehicle, record in stream:
+            at_us = int(arrival(kind, vehicle, np.array([record.ts_us], np.int64))[0])
+            items.append((at_us, len(items), kind, vehicle, record))
+    items.sort(key=lambda x: (x[0], x[1]))
+    k = 0
     t = start_us
     flushed = None
     while t < end_us:
@@ -75,37 +100,31 @@ def replay(
         batch = Batch(10**9, 10**9, 10**9)
         if flushed is not None and len(flushed):
             batch.add_evidence("passes", flushed)
-        for v, ts in fix_ts.items():
-            a, b = np.searchsorted(ts, [t, t_end])
-            if b > a:
-                batch.add_fixes(v, fixes[v][a:b], t_end)
-                out.fixes += int(b - a)
+        for v, (arr, at) in gps.items():
+            lo, hi = (int(x) for x in np.searchsorted(at, [t, t_end]))
+            if hi > lo:
+                batch.add_fixes(v, arr[lo:hi], t_end)
+                out.fixes += hi - lo
         for gate, (ts, antenna, rssi, epcs) in reads.items():
             a, b = (int(x) for x in np.searchsorted(ts, [t, t_end]))
             if b > a:
-                arr = np.zeros(b - a, TAG_READ_DTYPE)
-                arr["ts_us"], arr["antenna"], arr["rssi"] = ts[a:b], antenna[a:b], rssi[a:b]
-                arr["read_count"] = 1
-                batch.add_reads(gate, list(epcs[a:b]), arr)
+                tags = np.zeros(b - a, TAG_READ_DTYPE)
+                tags["ts_us"], tags["antenna"], tags["rssi"] = ts[a:b], antenna[a:b], rssi[a:b]
+                tags["read_count"] = 1
+                batch.add_reads(gate, list(epcs[a:b]), tags)
                 out.reads += b - a
-        for items, kind in streams:
-            k = cursor[kind]
-            while k < len(items) and items[k][1].ts_us < t_end:
-                vehicle, record = items[k]
-                if kind == "cargo":
-                    row, change = pipeline.cargo_row(vehicle, record)
-                    batch.add_row("cargo", row)
-                    if change is not None:
-                        batch.add_evidence("cargo", change)
-                elif kind == "sensor":
-                    row, temp = pipeline.sensor_row(vehicle, record)
-                    batch.add_row("sensor", row)
-                    if temp is not None:
-                        batch.add_evidence("sensor", temp)
-                else:
-                    batch.add_evidence("pod", PodEvidence(vehicle, record))
-                k += 1
-            cursor[kind] = k
+        while k < len(items) and items[k][0] < t_end:
+            _, _, kind, vehicle, record = items[k]
+            if kind == "cargo":  # compared with the last one in process, as ingest does
+                batch.add_evidence("scans", (vehicle, record))
+            elif kind == "sensor":
+                row, temp = pipeline.sensor_row(vehicle, record)
+                batch.add_row("sensor", row)
+                if temp is not None:
+                    batch.add_evidence("sensor", temp)
+            else:
+                batch.add_evidence("pod", PodEvidence(vehicle, record))
+            k += 1
         drained = batch.drain()
         pipeline.process(drained)
         flushed = pipeline.flush_passes(t_end)

@@ -52,6 +52,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from devices import fleet
 from devices.errors import DecodeError
+from devices.fleet import CargoScan
 from devices.gps import json as gps_json
 from devices.gps import nmea, owntracks, teltonika
 from devices.records import GpsFix, fixes_to_array
@@ -157,6 +158,7 @@ class Ingest:
         # batches wait (a little) for the plan a notification announced
         self._notified = self._reloaded = 0
         self._inbox_taken: set[int] = set()  # pod_inbox rows handed to a batch not yet committed
+        self._cargo_looked_up: set[str] = set()  # vans whose last stored inventory was read
         self._pool = pool
         self._health: dict[tuple[str, int], str] = {}
         self._gps_topics: dict[str, str] = {}  # topic -> vehicle, see GPS_TOPICS_MAX
@@ -257,7 +259,7 @@ class Ingest:
         kind = topic.rsplit("/", 1)[-1]
         if topic.startswith("fleet/") and kind == "cargo":
             vehicle, _ = vehicle_from_topic(topic)
-            self._batch.add_row("cargo", await self._cargo_row(vehicle, payload), token)
+            self._batch.add_evidence("scans", await self._cargo_scan(vehicle, payload), token)
         elif topic.startswith("fleet/") and kind == "sensor":
             vehicle, _ = vehicle_from_topic(topic)
             row, temp = self.pipeline.sensor_row(vehicle, fleet.decode_sensor(payload))
@@ -277,10 +279,13 @@ class Ingest:
             vehicle, fixes = await self._decode(topic, payload)
             self._batch.add_fixes(vehicle, fixes_to_array(fixes), received, token)
 
-    async def _cargo_row(self, vehicle: str, payload: bytes) -> tuple[Any, ...]:
+    async def _cargo_scan(self, vehicle: str, payload: bytes) -> tuple[str, CargoScan]:
+        """An inventory for the batch (the pipeline compares it with the last one when it
+        processes the batch, in event time); after a restart, a van's first one seeds the
+        comparison with what was stored."""
         scan = fleet.decode_cargo(payload)
         cargo = self.pipeline.cargo
-        if not cargo.known(vehicle):  # after a restart, go on from what was stored
+        if not cargo.known(vehicle) and vehicle not in self._cargo_looked_up:
             async with self._pool.connection() as conn:
                 cur = await conn.execute(
                     "SELECT time, aboard FROM cargo_scan WHERE vehicle_id = %s"
@@ -290,10 +295,8 @@ class Ingest:
                 row = await cur.fetchone()
             if row is not None:
                 cargo.seed(vehicle, datetime_to_us(row[0]), set(row[1]))
-        row, change = self.pipeline.cargo_row(vehicle, scan)
-        if change is not None:
-            self._batch.add_evidence("cargo", change)
-        return row
+            self._cargo_looked_up.add(vehicle)
+        return vehicle, scan
 
     async def on_gate_chunk(self, chunk: GateChunk) -> None:
         """Reads and dead letters from a gate's reader thread (called on the event loop)."""

@@ -153,6 +153,15 @@ class _Geo:
         return self.lon0 + x / (EARTH_M_PER_DEG * self.cos0), self.lat0 + y / EARTH_M_PER_DEG
 
 
+# a small day with every planted fault: at seed 6, 3 vans and 17 parcels give all five
+# exceptions and two failed attempts (the lifecycle checks of tests/integration/
+# test_simulate.py and tests/ingest/test_backlog.py)
+FAULTS_DAY = DayConfig(vans=3, stops_per_van=4, docks=1, fix_every_s=1.0, misload=0.08,
+                       left_behind=0.08, wrong_drop=0.08, failed=0.1, warm=0.5, cold_share=0.3,
+                       late=0.1)  # fmt: skip
+FAULTS_DAY_SEED = 6
+
+
 def make_day(config: DayConfig = DayConfig(), *, seed: int = 1,
              start_us: int | None = None) -> Day:  # fmt: skip
     """Plan a day; see the module docstring."""

@@ -94,6 +94,22 @@ def test_the_buffer_forgets_fixes_older_than_its_horizon() -> None:
     assert math.isnan(lon[0])
 
 
+def test_a_backlog_keeps_its_own_fixes_until_the_next_extend() -> None:
+    """A van back online flushes 20 minutes at once: the batch's proofs and passes need
+    the backlog's first minutes too; the next batch trims them."""
+    buf = TrackBuffer(horizon_us=60 * S)
+    ts = T0 + np.arange(0, 1200, 10) * S
+    buf.extend(np.zeros(len(ts), np.intp), ["A"], ts[::-1], np.full(len(ts), LON0),
+               np.full(len(ts), LAT0))  # fmt: skip
+    assert len(buf) == len(ts)
+    lon, _ = buf.position_at([0], [T0 + 5 * S])
+    assert lon[0] == pytest.approx(LON0)
+    buf.extend([0], ["A"], [T0 + 1200 * S], [LON0], [LAT0])
+    assert len(buf) == 7  # 1140 s .. 1200 s
+    lon, _ = buf.position_at([0], [T0 + 5 * S])
+    assert math.isnan(lon[0])
+
+
 def van_at(buf: TrackBuffer, vid: str, east_m: float, t0: int = T0) -> None:
     """A van parked ``east_m`` east of DOCK-1 for two minutes around t0, a fix every 10 s."""
     ts = t0 + np.arange(-60, 61, 10) * S

@@ -21,7 +21,7 @@ from ingest.manifest import parse_manifest
 from ingest.replay import pipeline_for, replay
 from ingest.webhooks import type_event_id
 from milepost import stack
-from simulators.day import DayConfig, make_day
+from simulators.day import FAULTS_DAY, FAULTS_DAY_SEED, make_day
 from simulators.live import run_day, schedule
 from tests.integration.conftest import (
     ROOT,
@@ -80,9 +80,7 @@ def test_a_simulated_morning_loads_drives_and_is_tracked(
 
 # A small day with every kind of fault (seed 6 plants all five exceptions and two failed
 # attempts), played from a minute before the first van leaves: about 62 min of day time
-DAY_50X = DayConfig(vans=3, stops_per_van=4, docks=1, fix_every_s=1.0, misload=0.08,
-                    left_behind=0.08, wrong_drop=0.08, failed=0.1, warm=0.5, cold_share=0.3,
-                    late=0.1)  # fmt: skip
+DAY_50X = FAULTS_DAY  # at FAULTS_DAY_SEED: all five exceptions and two failed attempts
 
 
 def test_a_day_played_at_50x_over_mqtt_ends_as_its_replay_in_event_time(
@@ -133,8 +131,9 @@ def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_p
         run_env = {**env, **extra}
         ing = spawn("ingest", extra_env=extra)
         ing.wait_for("subscribed to")
-        from_s = make_day(DAY_50X, seed=6, start_us=0).first_departure_s() - 60.0
-        day = make_day(DAY_50X, seed=6, start_us=time.time_ns() // 1000 - round(from_s * 1e6))
+        seed = FAULTS_DAY_SEED
+        from_s = make_day(DAY_50X, seed=seed, start_us=0).first_departure_s() - 60.0
+        day = make_day(DAY_50X, seed=seed, start_us=time.time_ns() // 1000 - round(from_s * 1e6))
         doc = {**day.manifest, "gates": []}
         plan = tmp_path / "day.json"
         plan.write_bytes(orjson.dumps(doc))
