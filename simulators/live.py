@@ -36,11 +36,73 @@ log = logging.getLogger(__name__)
 Message = tuple[float, str, str, bytes]  # day second, vehicle, topic, payload
 
 
+RETRY_S = 1.0  # a van that lost the broker tries again this often (wall clock)
+
+
 @dataclass(slots=True)
 class LiveStats:
-    published: int = 0
-    failed: int = 0
-    fixes: int = 0
+    published: int = 0  # messages the broker acknowledged (each counted once)
+    failed: int = 0  # messages still undelivered when the day ended
+    fixes: int = 0  # fixes in the published messages
+    retried: int = 0  # publishes that failed and went back to the van's backlog
+    reconnects: int = 0
+
+
+class VanLink:
+    """A van's MQTT connection, as a device keeps one: what it could not deliver (the broker
+    gone, the link down) stays in its backlog, in order, and goes first once it is
+    connected again; it reconnects every :data:`RETRY_S`."""
+
+    def __init__(self, van: str, host: str, port: int, password: str) -> None:
+        self.van, self.host, self.port, self.password = van, host, port, password
+        self.client: aiomqtt.Client | None = None
+        self.backlog: list[Message] = []
+        self.retry_at = 0.0
+
+    async def connect(self) -> None:
+        client = aiomqtt.Client(self.host, self.port, username=self.van, password=self.password,
+                                identifier=f"sim-{self.van}", timeout=10)  # fmt: skip
+        await client.__aenter__()
+        self.client = client
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.__aexit__(None, None, None)
+
+    async def send(self, due: list[Message], stats: LiveStats) -> None:
+        self.backlog.extend(due)
+        if not self.backlog:
+            return
+        if self.client is None:
+            if time.monotonic() < self.retry_at:
+                return
+            try:
+                await self.connect()
+            except aiomqtt.MqttError as exc:
+                log.info("%s: cannot reach the broker (%s); %d messages wait", self.van, exc,
+                         len(self.backlog))  # fmt: skip
+                self.retry_at = time.monotonic() + RETRY_S
+                return
+            stats.reconnects += 1
+        client = self.client
+        assert client is not None
+        sending, self.backlog = self.backlog, []
+        results = await asyncio.gather(
+            *(client.publish(topic, payload, qos=1) for _, _, topic, payload in sending),
+            return_exceptions=True)  # fmt: skip
+        for message, r in zip(sending, results, strict=True):
+            if isinstance(r, BaseException):  # again later (the broker may have it: QoS 1)
+                self.backlog.append(message)
+                stats.retried += 1
+            else:
+                stats.published += 1
+                stats.fixes += message[2].endswith("/gps")
+        if self.backlog:
+            log.info("%s: lost the broker; %d messages wait", self.van, len(self.backlog))
+            await self.close()
+            self.retry_at = time.monotonic() + RETRY_S
 
 
 def schedule(day: Day, from_s: float = 0.0) -> list[Message]:
@@ -96,12 +158,11 @@ async def run_day(
     vans = sorted({m[1] for m in messages} | set(day.fixes))
     sim = (GateSim(day.gates, 0, link_dir=link_dir, carries=carries_from(day, from_s, speedup))
            if link_dir is not None else None)  # fmt: skip
+    links = {van: VanLink(van, host, port, passwords[van]) for van in vans}
     async with contextlib.AsyncExitStack() as stack:
-        clients: dict[str, aiomqtt.Client] = {}
-        for van in vans:
-            client = aiomqtt.Client(host, port, username=van, password=passwords[van],
-                                    identifier=f"sim-{van}", timeout=10)  # fmt: skip
-            clients[van] = await stack.enter_async_context(client)
+        for link in links.values():
+            await link.connect()  # the day starts with every van online
+            stack.push_async_callback(link.close)
         if sim is not None:
             stack.enter_context(sim)
         wall0 = time.monotonic()
@@ -109,32 +170,29 @@ async def run_day(
             progress(f"{len(vans)} vans connected to {host}:{port}; playing the day from"
                      f" {from_s / 60:.1f} min at {speedup}x, {len(messages)} messages")
         k, last_report = 0, wall0
-        while k < len(messages):
+        while k < len(messages) or any(link.backlog for link in links.values()):
             elapsed = time.monotonic() - wall0
             if duration_s is not None and elapsed >= duration_s:
                 break
             now_s = from_s + elapsed * speedup
-            due = []
+            due: dict[str, list[Message]] = {van: [] for van in vans}
             while k < len(messages) and messages[k][0] <= now_s:
-                due.append(messages[k])
+                due[messages[k][1]].append(messages[k])
                 k += 1
-            results = await asyncio.gather(
-                *(clients[van].publish(topic, payload, qos=1) for _, van, topic, payload in due),
-                return_exceptions=True)  # fmt: skip
-            for (_, _, topic, _), r in zip(due, results, strict=True):
-                if isinstance(r, BaseException):
-                    stats.failed += 1
-                else:
-                    stats.published += 1
-                    stats.fixes += topic.endswith("/gps")
+            await asyncio.gather(*(links[van].send(due[van], stats) for van in vans))
             now = time.monotonic()
             if progress and now - last_report >= 10:
                 progress(f"day minute {now_s / 60:.1f}: published {stats.published} messages"
-                         f" ({stats.fixes} fixes, {stats.failed} failed)")  # fmt: skip
+                         f" ({stats.fixes} fixes, {stats.retried} retried)")  # fmt: skip
                 last_report = now
             if k < len(messages):
                 wait = (messages[k][0] - now_s) / speedup
                 await asyncio.sleep(float(np.clip(wait, 0.0, 0.5)))
+            elif any(link.backlog for link in links.values()):
+                await asyncio.sleep(RETRY_S / 4)
+    stats.failed = sum(len(link.backlog) for link in links.values())
     if progress:
-        progress(f"the day is over: published {stats.published} messages, {stats.failed} failed")
+        progress(f"the day is over: published {stats.published} messages, {stats.failed}"
+                 f" undelivered ({stats.retried} publishes retried, {stats.reconnects}"
+                 " reconnects)")
     return stats

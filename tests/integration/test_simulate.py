@@ -22,7 +22,7 @@ from ingest.replay import pipeline_for, replay
 from ingest.webhooks import type_event_id
 from milepost import stack
 from simulators.day import FAULTS_DAY, FAULTS_DAY_SEED, make_day
-from simulators.live import run_day, schedule
+from simulators.live import LiveStats, run_day, schedule
 from tests.integration.conftest import (
     ROOT,
     STATE_DIR,
@@ -121,10 +121,24 @@ def test_a_day_with_postgresql_stopped_for_8_s_ends_as_its_replay(
     _play_day_and_compare(spawn, env, tmp_path, "pgdown", kills_at_s=(), pg_down=(20.0, 8.0))
 
 
+def test_a_day_with_the_broker_restarted_ends_as_its_replay(
+    spawn: Callable[..., Proc], env: dict[str, str], tmp_path: Path,
+) -> None:
+    """Issue 8's fault, on the lifecycle: Mosquitto stopped for 3 s (150 s of the day at
+    50x) and started again while the day plays. The vans keep what they could not send
+    and flush it, in order, once they are back (simulators.live.VanLink); ingest's session
+    and its queue survive in the broker's persistence; the day ends as its replay."""
+    stats = _play_day_and_compare(spawn, env, tmp_path, "broker", kills_at_s=(),
+                                  broker_down=(20.0, 3.0))  # fmt: skip
+    assert stats.reconnects >= DAY_50X.vans and stats.retried > 0, stats  # all were cut off
+
+
 def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_path: Path,
                           name: str, kills_at_s: Sequence[float],
                           receiver: Receiver | None = None,
-                          pg_down: tuple[float, float] | None = None) -> None:  # fmt: skip
+                          pg_down: tuple[float, float] | None = None,
+                          broker_down: tuple[float, float] | None = None
+                          ) -> LiveStats:  # fmt: skip
     with scratch_database(f"milepost_{name}") as url, psycopg.connect(url, autocommit=True) as db:
         extra = {"MILEPOST_DATABASE_URL": url,
                  "MILEPOST_MQTT_CLIENT_ID": f"milepost-{name}-{secrets.token_hex(3)}"}
@@ -163,15 +177,17 @@ def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_p
 
         def killer() -> None:
             t0 = time.monotonic()
-            if pg_down is not None:
-                at, outage_s = pg_down
-                if done.wait(max(0.0, t0 + at - time.monotonic())):
-                    return
-                stack.stop_postgres(STATE_DIR)
-                try:
-                    time.sleep(outage_s)
-                finally:
-                    stack.start_postgres(STATE_DIR)
+            for outage, stop, start in ((pg_down, stack.stop_postgres, stack.start_postgres),
+                                        (broker_down, stack.stop_broker, stack.start_broker)):
+                if outage is not None:
+                    at, outage_s = outage
+                    if done.wait(max(0.0, t0 + at - time.monotonic())):
+                        return
+                    stop(STATE_DIR)
+                    try:
+                        time.sleep(outage_s)
+                    finally:
+                        start(STATE_DIR)
             for at in kills_at_s:
                 if done.wait(max(0.0, t0 + at - time.monotonic())):
                     return
@@ -243,3 +259,4 @@ def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_p
             p.stop()
         forget_session(extra["MILEPOST_MQTT_CLIENT_ID"])
         db.close()
+    return stats
