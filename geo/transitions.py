@@ -72,9 +72,9 @@ episode boundaries from ``np.diff``-style comparisons and ``cumsum``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -87,6 +87,8 @@ KINDS: Final = np.array(["enter", "dwell", "exit"])
 ENTER: Final = 0
 DWELL: Final = 1
 EXIT: Final = 2
+
+SNAPSHOT_VERSION: Final = 1  # of TransitionTracker.snapshot
 
 # pair states carried between batches
 _OUT: Final = 0  # nothing pending (only ever in a fresh head row)
@@ -226,6 +228,55 @@ class TransitionTracker:
         moved = replace(moved, fence=new_index[keep].astype(np.int64))
         self._pairs = moved.take(np.lexsort((moved.fence, moved.vehicle)))
         self._fences = fences
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state between batches (JSON-able), for a restart to go on where this left
+        off (:meth:`restore`): each pair that is inside or has an unconfirmed run, by
+        vehicle and stop id. A pair's last member time is left out when it is its
+        vehicle's newest fix (it is in ``vehicle_latest``): so the snapshot changes when a
+        visit does (a run, ENTER, DWELL, a fix outside, EXIT), not with every fix."""
+        p = self._pairs
+        last = self._last_ts[p.vehicle]
+        t_last = np.where(p.t_last == last, NO_TIME, p.t_last)
+        ids = self._vehicle_ids
+        pairs = [list(row) for row in zip(
+            [ids[v] for v in p.vehicle.tolist()], self._fences.stop_ids[p.fence].tolist(),
+            p.state.tolist(), p.run_len.tolist(), p.run_start.tolist(), p.t_enter.tolist(),
+            [None if t == NO_TIME else t for t in t_last.tolist()], p.dwell_done.tolist(),
+            p.out_count.tolist(), strict=True)]  # fmt: skip
+        return {"v": SNAPSHOT_VERSION, "pairs": pairs}
+
+    def restore(self, snapshot: Mapping[str, Any],
+                last: Mapping[str, tuple[int, float, float]]) -> int:  # fmt: skip
+        """Go on from :meth:`snapshot` (with the fences set first): ``last`` is each
+        vehicle's newest fix (time in µs, lon, lat), as ``vehicle_latest`` has it. Pairs of
+        stops no longer fenced, or of vehicles without a newest fix, are left out.
+        Returns the pairs restored; ``ValueError`` for a snapshot of another version."""
+        if snapshot.get("v") != SNAPSHOT_VERSION:
+            raise ValueError(f"geofence snapshot version {snapshot.get('v')!r}, not"
+                             f" {SNAPSHOT_VERSION}")  # fmt: skip
+        vehicles = list(last)
+        codes = self._intern(vehicles)
+        if len(vehicles):
+            self._last_ts[codes] = [last[v][0] for v in vehicles]
+            self._last_lon[codes] = [last[v][1] for v in vehicles]
+            self._last_lat[codes] = [last[v][2] for v in vehicles]
+        rows = [r for r in snapshot["pairs"] if r[0] in last]
+        if not rows:
+            self._pairs = _Pairs.empty()
+            return 0
+        cols = list(zip(*rows, strict=True))
+        fence = self._fences.index_of(list(cols[1])).astype(np.int64)
+        vehicle = self._intern(list(cols[0]))
+        t_last = np.array([self._last_ts[v] if t is None else t
+                           for v, t in zip(vehicle.tolist(), cols[6], strict=True)],
+                          np.int64)  # fmt: skip
+        pairs = _Pairs(vehicle, fence, np.array(cols[2], np.int8),
+                       np.array(cols[3], np.int64), np.array(cols[4], np.int64),
+                       np.array(cols[5], np.int64), t_last, np.array(cols[7], bool),
+                       np.array(cols[8], np.int64)).take(fence >= 0)  # fmt: skip
+        self._pairs = pairs.take(np.lexsort((pairs.fence, pairs.vehicle)))
+        return len(self._pairs)
 
     def inside(self) -> dict[str, str | None]:
         """The stop each known vehicle is inside now (ENTER without EXIT), or None; when

@@ -71,6 +71,7 @@ TABLE_INSERTS: dict[str, str] = {
                     " updated_at = now()",
 }  # fmt: skip
 PARCEL_STATE = "parcels"  # its name in ingest_state
+GEOFENCE_STATE = "geofences"  # the geofence tracker's (TransitionTracker.snapshot)
 
 
 def pass_rows(p: Passes, vehicles: Sequence[str | None] = ()) -> list[tuple[Any, ...]]:
@@ -134,7 +135,7 @@ class Pipeline:
         self.parcels = ParcelStage()
         self.instance = instance  # whose row of ingest_state this pipeline writes
         self._roles: dict[tuple[str, int], str] = {}
-        self._state_written = b""
+        self._state_written = self._geo_written = b""
 
     def restore_state(self, state: Mapping[str, Any] | None) -> None:
         """After a restart, with the plan loaded and parcel_latest seeded: the parcel
@@ -142,6 +143,15 @@ class Pipeline:
         if state:
             self.parcels.book.restore_transient(state)
             self._state_written = orjson.dumps(self.parcels.book.transient())
+
+    def restore_geofences(self, snapshot: Mapping[str, Any],
+                          last: Mapping[str, tuple[int, float, float]]) -> int:  # fmt: skip
+        """After a restart, with the fences set: the geofence tracker's visits in progress
+        as the last committed batch left them (``last``: each van's newest fix, from
+        vehicle_latest). Returns the visits and runs restored."""
+        n = self.transitions.restore(snapshot, last)
+        self._geo_written = orjson.dumps(self.transitions.snapshot())
+        return n
 
     def set_roles(self, roles: Mapping[tuple[str, int], str]) -> None:
         """The gates' antenna roles, (gate_id, antenna) -> "hall" | "dock"."""
@@ -200,6 +210,7 @@ class Pipeline:
         result = run_stages(drained.fixes)
         events = self._transitions_into(drained, result.frame)
         self._parcels_into(drained, result.frame, passes, events)
+        self._state_into(drained, tracked=bool(len(result.frame) and len(self.transitions.fences)))
         drained.rows["live"] = [(m,) for m in live_messages(result.frame, drained.rows)]
         return result
 
@@ -258,10 +269,23 @@ class Pipeline:
                          *rows["eta_snapshot"][0][2:], strict=True))
                 if out.eta_rows else [])  # fmt: skip
         rows["webhook_outbox"] = webhooks.outbox_rows(rows["parcel_event"], etas)
+
+    def _state_into(self, drained: Drained, tracked: bool) -> None:
+        """The stages' state between batches, written in this batch's transaction when it
+        changed (ingest_state: a restart goes on from the last committed batch): the parcel
+        stage's, and the geofence tracker's when this batch had fixes for it."""
+        rows = drained.rows.setdefault("ingest_state", [])
         state = orjson.dumps(self.parcels.book.transient())
-        if state != self._state_written:  # written in this batch's transaction
-            rows["ingest_state"] = [(self.instance, PARCEL_STATE, state.decode())]
+        if state != self._state_written:
+            rows.append((self.instance, PARCEL_STATE, state.decode()))
             self._state_written = state
+        if tracked:
+            geo = orjson.dumps(self.transitions.snapshot())
+            if geo != self._geo_written:
+                rows.append((self.instance, GEOFENCE_STATE, geo.decode()))
+                self._geo_written = geo
+        if not rows:
+            del drained.rows["ingest_state"]
 
     def _passes_of(self, drained: Drained) -> Passes:
         """Group the batch's reads into passes: the ones they close, and the ones the clock

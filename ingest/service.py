@@ -65,7 +65,7 @@ from ingest.parcels import (
     PodEvidence,
     load_plan,
 )
-from ingest.pipeline import PARCEL_STATE, TABLE_INSERTS, Pipeline
+from ingest.pipeline import GEOFENCE_STATE, PARCEL_STATE, TABLE_INSERTS, Pipeline
 from ingest.registry import Registry
 from ingest.serial import GateChunk, GateSupervisor
 from ingest.webhooks import WebhookSender
@@ -425,13 +425,20 @@ class Ingest:
                     rows = await cur.fetchall()
                     plan = await load_plan(conn)
                     seed: list[tuple[str, str, str | None, str | None, int, bool, bool]] = []
-                    state = None
+                    state = geofences = None
+                    newest: dict[str, tuple[int, float, float]] = {}
                     if not self._plan_ready.is_set():
                         cur = await conn.execute(
-                            "SELECT state FROM ingest_state WHERE instance = %s AND name = %s",
-                            (self.pipeline.instance, PARCEL_STATE))  # fmt: skip
-                        row = await cur.fetchone()
-                        state = row[0] if row else None
+                            "SELECT name, state FROM ingest_state WHERE instance = %s"
+                            " AND name IN (%s, %s)",
+                            (self.pipeline.instance, PARCEL_STATE, GEOFENCE_STATE))  # fmt: skip
+                        states: dict[str, Any] = dict(await cur.fetchall())
+                        state, geofences = states.get(PARCEL_STATE), states.get(GEOFENCE_STATE)
+                        if geofences:  # the vans' newest fixes: the tracker's last ones
+                            cur = await conn.execute(
+                                "SELECT vehicle_id, time, lon, lat FROM vehicle_latest")
+                            newest = {r[0]: (datetime_to_us(r[1]), r[2], r[3])
+                                      for r in await cur.fetchall()}  # fmt: skip
                         cur = await conn.execute(
                             "SELECT l.tracking_number, l.status, l.sub_status, l.vehicle_id,"
                             " l.time, EXISTS (SELECT FROM parcel_event e WHERE e.tracking_number"
@@ -458,6 +465,8 @@ class Ingest:
                     self.pipeline.parcels.seed(seed)
                 if state:
                     self._restore(state)
+                if geofences:
+                    self._restore_geofences(geofences, newest)
                 self._plan_ready.set()
             except psycopg.OperationalError as exc:
                 log.debug("cannot read the manifest (%s); keeping the plan", exc)
@@ -479,6 +488,18 @@ class Ingest:
         counts = self.pipeline.parcels.book.pending_counts()
         log.info("parcel stage: restored %d attempts and %d cargo removals waiting to settle",
                  *counts)  # fmt: skip
+
+    def _restore_geofences(self, snapshot: Any, last: dict[str, tuple[int, float, float]]
+                           ) -> None:  # fmt: skip
+        """The geofence visits in progress, from ingest_state (without them a van inside a
+        stop at a crash would enter it again, and its dwell restart)."""
+        try:
+            n = self.pipeline.restore_geofences(snapshot, last)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            log.warning("ingest_state: cannot restore the geofence visits (%r); starting"
+                        " without them", exc)  # fmt: skip
+            return
+        log.info("geofences: restored %d visits in progress", n)
 
     async def run_manifest_listen(self) -> None:
         """LISTEN for stored manifests, so the plan and the gates follow one at once rather

@@ -15,6 +15,7 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -438,6 +439,54 @@ def test_batch_boundaries_do_not_matter(seed: int, cuts: list[int], shuffle: int
     got = rows(feed(TransitionTracker(FENCES), fixes, cuts,
                     shuffle=np.random.default_rng(shuffle)))
     assert got == WHOLE[seed]
+
+
+def restarted(tracker: TransitionTracker, fixes: Sequence[Fix]) -> TransitionTracker:
+    """A fresh tracker that goes on from ``tracker``'s snapshot, through JSON, with each
+    vehicle's newest fix as ``vehicle_latest`` would have it."""
+    last: dict[str, tuple[int, float, float]] = {}
+    for vehicle, ts, lon, lat in fixes:  # the newest usable one (the first of equal times)
+        if math.isfinite(lon) and (vehicle not in last or ts > last[vehicle][0]):
+            last[vehicle] = (ts, lon, lat)
+    fresh = TransitionTracker(tracker.fences)
+    fresh.restore(orjson.loads(orjson.dumps(tracker.snapshot())), last)
+    return fresh
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(WALKS)), st.lists(st.integers(0, 10_000), min_size=1,
+                                                max_size=4), st.integers(0, 10_000))  # fmt: skip
+def test_a_restart_from_the_snapshot_changes_no_event(seed: int, restarts: list[int],
+                                                      cut: int) -> None:  # fmt: skip
+    """ingest_state (docs/lifecycle.md): a crash between two batches, the tracker built
+    again from its snapshot, gives the events of the run without the crash."""
+    fixes = WALKS[seed]
+    points = sorted({r % (len(fixes) + 1) for r in restarts} | {cut % (len(fixes) + 1)})
+    tracker = TransitionTracker(FENCES)
+    got: list[Event] = []
+    for a, b in pairwise([0, *points, len(fixes)]):
+        got += rows(feed(tracker, fixes[a:b]))
+        tracker = restarted(tracker, fixes[:b])
+    assert sorted(got) == WHOLE[seed]
+
+
+def test_the_snapshot_changes_with_a_visit_not_with_every_fix() -> None:
+    fences = make_fences()
+    stay = track("VAN-1", np.arange(0, 300, 5), np.zeros(60), np.zeros(60))  # 5 min at S-1
+    tracker = TransitionTracker(fences)
+    snapshots = []
+    for fix in stay:
+        feed(tracker, [fix])
+        snapshots.append(orjson.dumps(tracker.snapshot()))
+    # a run, ENTER, DWELL: three changes while parked
+    assert 2 <= len(set(snapshots)) <= 4
+    assert tracker.inside() == {"VAN-1": "S-1"}
+
+
+def test_a_snapshot_of_another_version_is_refused() -> None:
+    tracker = TransitionTracker(make_fences())
+    with pytest.raises(ValueError, match="version"):
+        tracker.restore({"v": 99, "pairs": []}, {})
 
 
 def test_one_fix_per_batch_equals_one_batch() -> None:

@@ -241,6 +241,12 @@ def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_p
         got_final = {r[0]: (r[1], r[2] or "", r[3]) for r in db.execute(
             "SELECT tracking_number, status, sub_status, vehicle_id FROM parcel_latest")}
         assert got_final == want_final
+        # and the vans' stop visits: a crash does not make a van inside a stop enter it
+        # again, nor restart its dwell (the geofence tracker's state is in ingest_state)
+        want_visits = sorted((g[1], g[2], g[3], g[0]) for g in ref.rows["geofence"])
+        got_visits = sorted(tuple(r) for r in db.execute(
+            "SELECT vehicle_id, stop_id, kind, time FROM geofence_event"))
+        assert got_visits == want_visits
         want = sorted((e[2], e[3], e[4] or "", e[5]) for e in ref.rows["parcel_event"])
         assert sorted(events()) == want
         # and they are the day's planted faults, found by the vans' cargo readers
