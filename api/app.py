@@ -57,6 +57,8 @@ class State(TypedDict):
     parcel_lookups: Coalescer[parcels.Lookup, parcels.Rows]
 
 
+LOOKUP_TIMEOUT_MS: Final = 10_000  # a parcel lookup statement's limit (statement_timeout)
+
 # the two hottest reads: the customers' GET /v1/parcels/{n} and the dispatchers' fleet list
 FAST_ENDPOINTS: Final = (("/v1/parcels/{tracking_number}", parcels.get_parcel_fast),
                          ("/v1/vehicles", vehicles.list_vehicles_fast))  # fmt: skip
@@ -133,15 +135,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         # check: a connection broken by a database restart is replaced, not handed out
         p = AsyncConnectionPool(settings.database_url, min_size=1, max_size=settings.db_pool_max,
-                                open=False, name="api", check=check_connection,
-                                configure=configure_connection)  # fmt: skip
+                                open=False, name="api", check=check_connection)  # fmt: skip
         await p.open(wait=False)
         # the parcel lookups' own connections, in autocommit mode (one statement each, no
-        # BEGIN and COMMIT), one per fetch in flight: never waiting behind other requests
+        # BEGIN and COMMIT), one per fetch in flight: never waiting behind other requests;
+        # a statement that hangs fails its batch instead of holding every lookup after it
         lookup_pool = AsyncConnectionPool(
             settings.database_url, min_size=1, max_size=parcels.LOOKUPS_INFLIGHT, open=False,
             name="api-lookups", check=check_connection, configure=configure_connection,
-            kwargs={"autocommit": True})  # fmt: skip
+            kwargs={"autocommit": True,
+                    "options": f"-c statement_timeout={LOOKUP_TIMEOUT_MS}"})  # fmt: skip
         await lookup_pool.open(wait=False)
         hub = LiveHub(settings.database_url)
         lookups = parcels.parcel_lookups(lookup_pool)

@@ -50,9 +50,10 @@ async def check_connection(conn: AsyncConnection[Any]) -> None:
 
 
 async def configure_connection(conn: AsyncConnection[Any]) -> None:
-    """A new pool connection's set-up: ``json`` and ``jsonb`` columns read by orjson (the
-    timeline's event details on the parcel path; the standard library's decoder is a few
-    times slower)."""
+    """A parcel lookup connection's set-up: ``json`` and ``jsonb`` columns read by orjson
+    (the timeline's event details, written by ingest; the standard library's decoder is a
+    few times slower). Not for the main pool: orjson refuses what it cannot represent
+    exactly (``1e400``), which user-supplied jsonb such as a stop's GeoJSON may hold."""
     set_json_loads(orjson.loads, conn)
 
 

@@ -205,6 +205,7 @@ class TransitionTracker:
         self._last_lon: Float64Array = np.empty(0, np.float64)
         self._last_lat: Float64Array = np.empty(0, np.float64)
         self._pairs = _Pairs.empty()
+        self._snapshot: tuple[tuple[NDArray[Any], ...], dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -238,13 +239,22 @@ class TransitionTracker:
         p = self._pairs
         last = self._last_ts[p.vehicle]
         t_last = np.where(p.t_last == last, NO_TIME, p.t_last)
+        columns: tuple[NDArray[Any], ...] = (
+            p.vehicle, p.fence, p.state, p.run_len, p.run_start, p.t_enter, t_last,
+            p.dwell_done, p.out_count)  # fmt: skip
+        cached = self._snapshot
+        if cached is not None and all(np.array_equal(a, b)
+                                      for a, b in zip(cached[0], columns, strict=True)):
+            return cached[1]  # the same object: nothing changed (cheap to tell, per batch)
         ids = self._vehicle_ids
         pairs = [list(row) for row in zip(
             [ids[v] for v in p.vehicle.tolist()], self._fences.stop_ids[p.fence].tolist(),
             p.state.tolist(), p.run_len.tolist(), p.run_start.tolist(), p.t_enter.tolist(),
             [None if t == NO_TIME else t for t in t_last.tolist()], p.dwell_done.tolist(),
             p.out_count.tolist(), strict=True)]  # fmt: skip
-        return {"v": SNAPSHOT_VERSION, "pairs": pairs}
+        out = {"v": SNAPSHOT_VERSION, "pairs": pairs}
+        self._snapshot = (columns, out)
+        return out
 
     def restore(self, snapshot: Mapping[str, Any],
                 last: Mapping[str, tuple[int, float, float]]) -> int:  # fmt: skip
@@ -252,30 +262,32 @@ class TransitionTracker:
         vehicle's newest fix (time in µs, lon, lat), as ``vehicle_latest`` has it. Pairs of
         stops no longer fenced, or of vehicles without a newest fix, are left out.
         Returns the pairs restored; ``ValueError`` for a snapshot of another version."""
-        if snapshot.get("v") != SNAPSHOT_VERSION:
-            raise ValueError(f"geofence snapshot version {snapshot.get('v')!r}, not"
-                             f" {SNAPSHOT_VERSION}")  # fmt: skip
-        vehicles = list(last)
-        codes = self._intern(vehicles)
-        if len(vehicles):
-            self._last_ts[codes] = [last[v][0] for v in vehicles]
-            self._last_lon[codes] = [last[v][1] for v in vehicles]
-            self._last_lat[codes] = [last[v][2] for v in vehicles]
+        if not isinstance(snapshot, Mapping) or snapshot.get("v") != SNAPSHOT_VERSION:
+            version = snapshot.get("v") if isinstance(snapshot, Mapping) else snapshot
+            raise ValueError(f"geofence snapshot version {version!r}, not {SNAPSHOT_VERSION}")
+        # everything checked and built before any of it is kept: a bad snapshot changes
+        # nothing
         rows = [r for r in snapshot["pairs"] if r[0] in last]
-        if not rows:
-            self._pairs = _Pairs.empty()
-            return 0
-        cols = list(zip(*rows, strict=True))
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 9
+        if len(cols) != 9 or not set(cols[2]) <= {_RUN, _IN}:
+            raise ValueError("geofence snapshot: pairs of 9 fields with a state of run or in")
         fence = self._fences.index_of(list(cols[1])).astype(np.int64)
-        vehicle = self._intern(list(cols[0]))
-        t_last = np.array([self._last_ts[v] if t is None else t
-                           for v, t in zip(vehicle.tolist(), cols[6], strict=True)],
-                          np.int64)  # fmt: skip
-        pairs = _Pairs(vehicle, fence, np.array(cols[2], np.int8),
-                       np.array(cols[3], np.int64), np.array(cols[4], np.int64),
-                       np.array(cols[5], np.int64), t_last, np.array(cols[7], bool),
-                       np.array(cols[8], np.int64)).take(fence >= 0)  # fmt: skip
+        t_last = np.array([last[v][0] if t is None else t
+                           for v, t in zip(cols[0], cols[6], strict=True)], np.int64)
+        ints = [np.array(c, np.int64) for c in (cols[3], cols[4], cols[5], cols[8])]
+        dwell_done = np.array(cols[7], bool)
+        vehicles = list(last)
+        last_ts = np.array([last[v][0] for v in vehicles], np.int64)
+        last_lon = np.array([last[v][1] for v in vehicles], np.float64)
+        last_lat = np.array([last[v][2] for v in vehicles], np.float64)
+        codes = self._intern(vehicles)
+        self._last_ts[codes], self._last_lon[codes], self._last_lat[codes] = (
+            last_ts, last_lon, last_lat)
+        pairs = _Pairs(self._intern(list(cols[0])), fence, np.array(cols[2], np.int8),
+                       ints[0], ints[1], ints[2], t_last, dwell_done,
+                       ints[3]).take(fence >= 0)  # fmt: skip
         self._pairs = pairs.take(np.lexsort((pairs.fence, pairs.vehicle)))
+        self._snapshot = None
         return len(self._pairs)
 
     def inside(self) -> dict[str, str | None]:

@@ -136,6 +136,7 @@ class Pipeline:
         self.instance = instance  # whose row of ingest_state this pipeline writes
         self._roles: dict[tuple[str, int], str] = {}
         self._state_written = self._geo_written = b""
+        self._geo_snapshot: object = None
 
     def restore_state(self, state: Mapping[str, Any] | None) -> None:
         """After a restart, with the plan loaded and parcel_latest seeded: the parcel
@@ -280,10 +281,13 @@ class Pipeline:
             rows.append((self.instance, PARCEL_STATE, state.decode()))
             self._state_written = state
         if tracked:
-            geo = orjson.dumps(self.transitions.snapshot())
-            if geo != self._geo_written:
-                rows.append((self.instance, GEOFENCE_STATE, geo.decode()))
-                self._geo_written = geo
+            snapshot = self.transitions.snapshot()
+            if snapshot is not self._geo_snapshot:  # the same object while nothing changed
+                self._geo_snapshot = snapshot
+                geo = orjson.dumps(snapshot)
+                if geo != self._geo_written:
+                    rows.append((self.instance, GEOFENCE_STATE, geo.decode()))
+                    self._geo_written = geo
         if not rows:
             del drained.rows["ingest_state"]
 

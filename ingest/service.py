@@ -495,7 +495,7 @@ class Ingest:
         stop at a crash would enter it again, and its dwell restart)."""
         try:
             n = self.pipeline.restore_geofences(snapshot, last)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except Exception as exc:  # whatever the row holds, ingest starts
             log.warning("ingest_state: cannot restore the geofence visits (%r); starting"
                         " without them", exc)  # fmt: skip
             return

@@ -37,6 +37,7 @@ Message = tuple[float, str, str, bytes]  # day second, vehicle, topic, payload
 
 
 RETRY_S = 1.0  # a van that lost the broker tries again this often (wall clock)
+FLUSH_S = 30.0  # after the day's last message, how long the vans try to deliver the rest
 
 
 @dataclass(slots=True)
@@ -170,9 +171,15 @@ async def run_day(
             progress(f"{len(vans)} vans connected to {host}:{port}; playing the day from"
                      f" {from_s / 60:.1f} min at {speedup}x, {len(messages)} messages")
         k, last_report = 0, wall0
+        played_at: float | None = None  # when the day's last message came due
         while k < len(messages) or any(link.backlog for link in links.values()):
             elapsed = time.monotonic() - wall0
             if duration_s is not None and elapsed >= duration_s:
+                break
+            if played_at is not None and time.monotonic() - played_at > FLUSH_S:
+                log.warning("%d messages still undelivered %.0f s after the day's end (is"
+                            " the broker up?); giving up on them",
+                            sum(len(link.backlog) for link in links.values()), FLUSH_S)
                 break
             now_s = from_s + elapsed * speedup
             due: dict[str, list[Message]] = {van: [] for van in vans}
@@ -188,7 +195,8 @@ async def run_day(
             if k < len(messages):
                 wait = (messages[k][0] - now_s) / speedup
                 await asyncio.sleep(float(np.clip(wait, 0.0, 0.5)))
-            elif any(link.backlog for link in links.values()):
+            else:  # the day is played: what the vans still hold, until FLUSH_S
+                played_at = played_at if played_at is not None else time.monotonic()
                 await asyncio.sleep(RETRY_S / 4)
     stats.failed = sum(len(link.backlog) for link in links.values())
     if progress:

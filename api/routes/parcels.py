@@ -153,8 +153,10 @@ def parcel_lookups(p: AsyncConnectionPool) -> Coalescer[Lookup, Rows]:
             cur = await conn.execute(_PARCELS_SQL, ([k for k, _ in lookups],
                                                     [n for _, n in lookups]))  # fmt: skip
             rows = await cur.fetchall()
-        # rows come in lookup order, each lookup's at least one
-        return [list(group) for _, group in groupby(rows, key=itemgetter(0))]
+        # rows come in lookup order (i from 1), each lookup's at least one: a lookup
+        # without rows is an error (KeyError) for the batch, never another caller's rows
+        by_i = {i: list(group) for i, group in groupby(rows, key=itemgetter(0))}
+        return [by_i[i] for i in range(1, len(lookups) + 1)]
 
     return Coalescer(fetch, max_inflight=LOOKUPS_INFLIGHT)
 

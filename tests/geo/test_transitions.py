@@ -483,10 +483,20 @@ def test_the_snapshot_changes_with_a_visit_not_with_every_fix() -> None:
     assert tracker.inside() == {"VAN-1": "S-1"}
 
 
-def test_a_snapshot_of_another_version_is_refused() -> None:
+@pytest.mark.parametrize(("snapshot", "match"), [
+    ({"v": 99, "pairs": []}, "version"),
+    (["v", 1], "version"),
+    ("x", "version"),
+    ({"v": 1, "pairs": [["VAN-1", "S-1", 300, 0, 0, 0, None, False, 0]]}, "state"),
+    ({"v": 1, "pairs": [["VAN-1", "S-1", 2, 0]]}, "9 fields"),
+])  # fmt: skip
+def test_a_bad_snapshot_is_refused_and_changes_nothing(snapshot: Any, match: str) -> None:
     tracker = TransitionTracker(make_fences())
-    with pytest.raises(ValueError, match="version"):
-        tracker.restore({"v": 99, "pairs": []}, {})
+    feed(tracker, track("VAN-1", [0, 5, 10], [0, 0, 0], [0, 0, 0]))
+    before = orjson.dumps(tracker.snapshot())
+    with pytest.raises(ValueError, match=match):
+        tracker.restore(snapshot, {"VAN-1": (T0, LON0, LAT0)})
+    assert orjson.dumps(tracker.snapshot()) == before
 
 
 def test_one_fix_per_batch_equals_one_batch() -> None:
