@@ -135,8 +135,8 @@ class Pipeline:
         self.parcels = ParcelStage()
         self.instance = instance  # whose row of ingest_state this pipeline writes
         self._roles: dict[tuple[str, int], str] = {}
-        self._state_written = self._geo_written = b""
-        self._geo_snapshot: object = None
+        self._state_written = b""
+        self._geo_snapshot: object = None  # the tracker's snapshot last written
 
     def restore_state(self, state: Mapping[str, Any] | None) -> None:
         """After a restart, with the plan loaded and parcel_latest seeded: the parcel
@@ -151,7 +151,7 @@ class Pipeline:
         as the last committed batch left them (``last``: each van's newest fix, from
         vehicle_latest). Returns the visits and runs restored."""
         n = self.transitions.restore(snapshot, last)
-        self._geo_written = orjson.dumps(self.transitions.snapshot())
+        self._geo_snapshot = self.transitions.snapshot()  # what the row holds already
         return n
 
     def set_roles(self, roles: Mapping[tuple[str, int], str]) -> None:
@@ -284,10 +284,7 @@ class Pipeline:
             snapshot = self.transitions.snapshot()
             if snapshot is not self._geo_snapshot:  # the same object while nothing changed
                 self._geo_snapshot = snapshot
-                geo = orjson.dumps(snapshot)
-                if geo != self._geo_written:
-                    rows.append((self.instance, GEOFENCE_STATE, geo.decode()))
-                    self._geo_written = geo
+                rows.append((self.instance, GEOFENCE_STATE, orjson.dumps(snapshot).decode()))
         if not rows:
             del drained.rows["ingest_state"]
 

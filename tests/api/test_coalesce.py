@@ -38,12 +38,18 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def one_in_flight() -> tuple[Source, Coalescer[int, str], asyncio.Future[str]]:
+    """A coalescer allowed one fetch at a time, with the fetch of key 1 in flight."""
+    src = Source()
+    c: Coalescer[int, str] = Coalescer(src.fetch, max_inflight=1)
+    first = asyncio.ensure_future(c.get(1))
+    await _settle()
+    return src, c, first
+
+
 def test_keys_that_wait_share_the_next_fetch() -> None:
     async def run() -> None:
-        src = Source()
-        c: Coalescer[int, str] = Coalescer(src.fetch, max_inflight=1)
-        first = asyncio.ensure_future(c.get(1))
-        await _settle()
+        src, c, first = await one_in_flight()
         assert src.batches == [[1]]  # alone: fetched at once
         waiting = [asyncio.ensure_future(c.get(k)) for k in (2, 3, 4)]
         await _settle()
@@ -89,11 +95,8 @@ def test_max_batch_splits_and_every_key_is_answered() -> None:
 
 def test_an_error_reaches_every_caller_of_its_batch_only() -> None:
     async def run() -> None:
-        src = Source()
+        src, c, first = await one_in_flight()
         src.fail = {2}
-        c: Coalescer[int, str] = Coalescer(src.fetch, max_inflight=1)
-        first = asyncio.ensure_future(c.get(1))
-        await _settle()
         batch = [asyncio.ensure_future(c.get(k)) for k in (2, 3)]
         await _settle()
         await src.open_all()
@@ -114,10 +117,7 @@ def test_an_error_reaches_every_caller_of_its_batch_only() -> None:
 
 def test_a_caller_that_went_away_does_not_stop_the_others() -> None:
     async def run() -> None:
-        src = Source()
-        c: Coalescer[int, str] = Coalescer(src.fetch, max_inflight=1)
-        first = asyncio.ensure_future(c.get(1))
-        await _settle()
+        src, c, first = await one_in_flight()
         gone, stays = asyncio.ensure_future(c.get(2)), asyncio.ensure_future(c.get(3))
         await _settle()
         gone.cancel()  # a client hung up while its lookup waited
