@@ -151,4 +151,5 @@ class LiveHub:
                 log.warning("live: lost the database (%s); reconnecting", exc)
             self.connected = False
 
-        await listen(self._url, CHANNEL, on_notify=self.receive, on_up=up, on_down=down)
+        await listen(self._url, CHANNEL, on_notify=lambda _channel, payload: self.receive(payload),
+                     on_up=up, on_down=down)  # fmt: skip

@@ -57,6 +57,7 @@ TABLE_INSERTS: dict[str, str] = {
                     " %s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],"
                     " %s::float8[])",
     "pod_done": "UPDATE pod_inbox SET processed_at = now() WHERE pod_id = %s",
+    "fix_done": "UPDATE fix_inbox SET processed_at = now() WHERE inbox_id = %s",
     "webhook_outbox": webhooks.OUTBOX_SQL,
     # the live stream (GET /v1/live): sent by PostgreSQL when the batch commits
     "live": "SELECT pg_notify('milepost_live', %s)",
@@ -91,6 +92,7 @@ def pass_rows(p: Passes, vehicles: Sequence[str | None] = ()) -> list[tuple[Any,
 
 
 LIVE_CHANNEL = "milepost_live"
+INBOX_CHANNEL = "milepost_inbox"  # the API stored a row in fix_inbox: ingest reads it now
 LIVE_MAX_BYTES = 7000  # a NOTIFY payload must stay under 8000 bytes
 
 

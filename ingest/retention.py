@@ -10,8 +10,8 @@ Debian ships) has no retention policies, so ``milepost ingest`` drops old chunks
 A chunk goes once all of it is older than the limit (``drop_chunks`` never cuts a chunk),
 so rows live up to one chunk interval longer. 0 keeps a class for ever. The plain tables
 (the manifest, ``*_latest``, keys, webhooks) are not touched; webhook outbox rows
-delivered or given up before the events' limit, and processed ``pod_inbox`` rows older
-than the raw limit, are deleted.
+delivered or given up before the events' limit, and processed ``pod_inbox`` and
+``fix_inbox`` rows older than the raw limit, are deleted.
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ async def apply(conn: psycopg.AsyncConnection, policy: Policy, now: datetime) ->
         await conn.execute("DELETE FROM webhook_outbox WHERE delivered_at < %s OR"
                            " (next_attempt_at = 'infinity' AND created_at < %s)", (limit, limit))
     if policy.raw_days > 0:
-        await conn.execute("DELETE FROM pod_inbox WHERE processed_at < %s",
-                           (now - timedelta(days=policy.raw_days),))
+        for inbox in ("pod_inbox", "fix_inbox"):
+            await conn.execute(f"DELETE FROM {inbox} WHERE processed_at < %s",
+                               (now - timedelta(days=policy.raw_days),))
     return dropped
 
 

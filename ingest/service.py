@@ -15,7 +15,8 @@ Tasks, all named and owned by one TaskGroup:
 * ``plan``: (re)loads the manifest (geofences, parcels, routes) when it changes (a
   notification from the transaction that stored it; ``manifest``: the LISTEN
   connection), and every few seconds;
-* ``inbox``: proofs of delivery posted to the API, from ``pod_inbox``;
+* ``inbox``: what was posted to the API: proofs of delivery (``pod_inbox``) and OsmAnd
+  positions (``fix_inbox``), woken by a notification on the ``manifest`` connection;
 * ``webhooks``: posts the webhook outbox (:mod:`ingest.webhooks`);
 * ``retention``: drops old chunks every hour (:mod:`ingest.retention`).
 
@@ -54,7 +55,7 @@ from devices import fleet
 from devices.errors import DecodeError
 from devices.fleet import CargoScan
 from devices.gps import json as gps_json
-from devices.gps import nmea, owntracks, teltonika
+from devices.gps import nmea, osmand, owntracks, teltonika
 from devices.records import GpsFix, fixes_to_array
 from geo.fences import FenceSet
 from ingest import retention
@@ -65,7 +66,7 @@ from ingest.parcels import (
     PodEvidence,
     load_plan,
 )
-from ingest.pipeline import GEOFENCE_STATE, PARCEL_STATE, TABLE_INSERTS, Pipeline
+from ingest.pipeline import GEOFENCE_STATE, INBOX_CHANNEL, PARCEL_STATE, TABLE_INSERTS, Pipeline
 from ingest.registry import Registry
 from ingest.serial import GateChunk, GateSupervisor
 from ingest.webhooks import WebhookSender
@@ -81,6 +82,8 @@ PLAN_MIN_GAP_S = 0.5  # and at most this often
 PLAN_WAIT_S = 2.0  # how long a batch waits for the plan a stored manifest announced
 DRAIN_S = 10.0  # on SIGTERM: at most this long to write and acknowledge what was taken
 POD_SOURCE = "http:/v1/pod"
+INBOX_POLL_S = 1.0  # the inboxes are read at least this often
+INBOX_TAKE = 500  # rows of an inbox at a time
 # unacknowledged messages the broker may have in flight to us: the local stack's
 # Mosquitto sets max_inflight_messages to this
 RECEIVE_MAXIMUM = 1000
@@ -157,7 +160,9 @@ class Ingest:
         # manifest notifications received, and the newest one a finished reload covers:
         # batches wait (a little) for the plan a notification announced
         self._notified = self._reloaded = 0
-        self._inbox_taken: set[int] = set()  # pod_inbox rows handed to a batch not yet committed
+        # pod_inbox and fix_inbox rows handed to a batch not yet committed, by table
+        self._inbox_taken: dict[str, set[int]] = {"pod_inbox": set(), "fix_inbox": set()}
+        self._inbox_posted = asyncio.Event()  # a notification: the API stored a row
         self._cargo_looked_up: set[str] = set()  # vans whose last stored inventory was read
         self._pool = pool
         self._health: dict[tuple[str, int], str] = {}
@@ -516,7 +521,10 @@ class Ingest:
             self._manifest_changed.set()  # what changed while it was not listening
             self.gates.wake()
 
-        def notified(_: str) -> None:
+        def notified(channel: str, _payload: str) -> None:
+            if channel == INBOX_CHANNEL:
+                self._inbox_posted.set()
+                return
             self._notified += 1
             self._manifest_changed.set()
             self.gates.wake()
@@ -528,8 +536,8 @@ class Ingest:
                             " re-read every %g s)", exc, PLAN_RELOAD_S)  # fmt: skip
             lost = True
 
-        await listen(self.settings.database_url, MANIFEST_CHANNEL, on_notify=notified,
-                     on_up=up, on_down=down)  # fmt: skip
+        await listen(self.settings.database_url, (MANIFEST_CHANNEL, INBOX_CHANNEL),
+                     on_notify=notified, on_up=up, on_down=down)  # fmt: skip
 
     def _sync_roles(self) -> None:
         self.pipeline.set_roles({(gid, ant): role for gid, r in self.gates.readers.items()
@@ -553,31 +561,26 @@ class Ingest:
                     self._wakeup.set()
 
     async def run_inbox(self) -> None:
-        """Proofs of delivery posted to the API (``pod_inbox``): into the open batch, and
-        marked processed by the transaction that writes what they caused. A restart reads
-        again whatever was not marked, so each is applied once."""
+        """What was posted to the API: proofs of delivery (``pod_inbox``) and OsmAnd
+        positions (``fix_inbox``), into the open batch, and marked processed by the
+        transaction that writes what they caused. A restart reads again whatever was not
+        marked, so each is applied once. Woken by the API's notification, and every
+        second without one."""
         while True:
-            await asyncio.sleep(1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._inbox_posted.wait(), INBOX_POLL_S)
+            self._inbox_posted.clear()
             try:
                 async with self._pool.connection() as conn:
-                    # not a high-water mark: ids commit out of order under concurrent posts
-                    cur = await conn.execute(
-                        "SELECT pod_id, vehicle_id, payload FROM pod_inbox"
-                        " WHERE processed_at IS NULL AND NOT pod_id = ANY(%s)"
-                        " ORDER BY pod_id LIMIT 500", (list(self._inbox_taken),))  # fmt: skip
-                    rows = await cur.fetchall()
-                    if self._inbox_taken:  # forget the ones whose batch has committed
-                        cur = await conn.execute(
-                            "SELECT pod_id FROM pod_inbox WHERE pod_id = ANY(%s)"
-                            " AND processed_at IS NOT NULL",
-                            (list(self._inbox_taken),),
-                        )
-                        self._inbox_taken -= {r[0] for r in await cur.fetchall()}
+                    pods = await self._take_inbox(conn, "pod_inbox", "pod_id",
+                                                  "vehicle_id, payload")  # fmt: skip
+                    fixes = await self._take_inbox(conn, "fix_inbox", "inbox_id",
+                                                   "received_at, vehicle_id, source, json,"
+                                                   " payload")  # fmt: skip
             except psycopg.OperationalError as exc:
-                log.debug("cannot read pod_inbox (%s)", exc)
+                log.debug("cannot read the inboxes (%s)", exc)
                 continue
-            for pod_id, vehicle, payload in rows:
-                self._inbox_taken.add(pod_id)
+            for pod_id, vehicle, payload in pods:
                 try:
                     pod = fleet.decode_pod(bytes(payload))
                 except DecodeError as exc:  # the API validated it; a newer decoder may not
@@ -586,11 +589,39 @@ class Ingest:
                 else:
                     self._batch.add_evidence("pod", PodEvidence(vehicle, pod))
                 self._batch.add_row("pod_done", (pod_id,))
-            if rows:
+            for inbox_id, received_at, vehicle, source, json_mode, payload in fixes:
+                received = datetime_to_us(received_at)
+                try:  # the API decoded it already, and a newer decoder may not
+                    msg = osmand.decode_request(bytes(payload), json_mode=json_mode,
+                                                now_us=received)  # fmt: skip
+                except DecodeError as exc:
+                    self._batch.add_dead(DeadLetter(received, source, bytes(payload), str(exc)))
+                else:
+                    self.stats.received += 1
+                    self._batch.add_fixes(vehicle, fixes_to_array(msg.fixes), received)
+                self._batch.add_row("fix_done", (inbox_id,))
+            if pods or fixes:
                 if self._batch.due():
                     await self._close_batch()
                 else:
                     self._wakeup.set()
+
+    async def _take_inbox(self, conn: psycopg.AsyncConnection[Any], table: str, key: str,
+                          columns: str) -> list[tuple[Any, ...]]:  # fmt: skip
+        """The oldest rows of an inbox not yet processed nor handed to a batch (marked as
+        handed); forgets the handed rows whose batch has committed."""
+        taken = self._inbox_taken[table]
+        # not a high-water mark: ids commit out of order under concurrent posts
+        cur = await conn.execute(
+            f"SELECT {key}, {columns} FROM {table} WHERE processed_at IS NULL"
+            f" AND NOT {key} = ANY(%s) ORDER BY {key} LIMIT {INBOX_TAKE}", (list(taken),))
+        rows = await cur.fetchall()
+        if taken:
+            cur = await conn.execute(f"SELECT {key} FROM {table} WHERE {key} = ANY(%s)"
+                                     " AND processed_at IS NOT NULL", (list(taken),))
+            taken -= {r[0] for r in await cur.fetchall()}
+        taken.update(r[0] for r in rows)
+        return rows
 
     async def run_stats(self) -> None:
         last = Stats()

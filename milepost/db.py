@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -74,22 +74,25 @@ def schema_version(database_url: str) -> int:
     return int(row[0]) if row else 0
 
 
-async def listen(database_url: str, channel: str, *, on_notify: Callable[[str], None],
-                 on_up: Callable[[], None], on_down: Callable[[Exception], None]) -> None:
-    """LISTEN on ``channel`` for ever, on a connection of its own: ``on_up()`` each time it
-    listens (the first time and after every reconnect), ``on_notify(payload)`` for each
-    notification, ``on_down(error)`` when the connection is lost or cannot be made; then
-    it connects again with backoff (0.5 s, doubling to 30 s). Never returns."""
+async def listen(database_url: str, channels: str | Sequence[str], *,
+                 on_notify: Callable[[str, str], None], on_up: Callable[[], None],
+                 on_down: Callable[[Exception], None]) -> None:  # fmt: skip
+    """LISTEN on ``channels`` for ever, on a connection of its own: ``on_up()`` each time it
+    listens (the first time and after every reconnect), ``on_notify(channel, payload)`` for
+    each notification, ``on_down(error)`` when the connection is lost or cannot be made;
+    then it connects again with backoff (0.5 s, doubling to 30 s). Never returns."""
+    names = (channels,) if isinstance(channels, str) else tuple(channels)
     delay = 0.5
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(database_url,
                                                              autocommit=True) as conn:
-                await conn.execute(f"LISTEN {channel}")
+                for name in names:
+                    await conn.execute(f"LISTEN {name}")
                 delay = 0.5
                 on_up()
                 async for n in conn.notifies():
-                    on_notify(n.payload)
+                    on_notify(n.channel, n.payload)
         except psycopg.Error as exc:
             on_down(exc)
             await asyncio.sleep(delay)

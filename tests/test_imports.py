@@ -10,7 +10,8 @@ ALLOWED = {
     "devices": set(),
     "geo": set(),
     "ingest": {"devices", "geo", "milepost"},   # milepost.settings / milepost.db: shared base
-    # api: the OsmAnd device route writes through ingest's stages and writer (one write path)
+    # api: the OsmAnd route writes its dead letters with ingest's writer, its reports to the
+    # fix_inbox that ingest reads (ingest.pipeline.INBOX_CHANNEL)
     "api": {"geo", "devices", "milepost", "ingest"},
     "simulators": {"devices"},
     "milepost": PROJECT,                        # the command line ties everything together

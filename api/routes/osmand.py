@@ -1,17 +1,18 @@
 """``GET|POST /osmand``: the OsmAnd protocol as the Traccar Client app speaks it.
 
 The app sends no key: the device id, registered with ``milepost devices add VAN
---osmand ID``, identifies it. A request is answered 200 only after its fixes (or the
-dead letter that explains why not) have committed, so an acknowledged fix is never lost;
-the app retries anything else. Fixes go through ingest's own stages and writer: one
-write path for every transport.
+--osmand ID``, identifies it. The request is decoded here, to answer what is wrong with
+it, and stored as it came in ``fix_inbox``; it is answered 200 only once that row (or the
+dead letter that explains why not) has committed, so an acknowledged fix is never lost,
+and the app retries anything else. ``milepost ingest``, woken by a notification, runs
+the fixes through the same stages as every other transport's (geofences, bindings,
+lifecycle, ETAs) and stores them; a phone is a van like any other.
 """
 
 from __future__ import annotations
 
 import time
 from typing import Annotated
-from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Request
 from psycopg_pool import AsyncConnectionPool
@@ -21,16 +22,16 @@ from api.deps import pool
 from api.errors import ApiError
 from devices.errors import DecodeError
 from devices.gps import osmand
-from devices.records import fixes_to_array
-from ingest.batch import Batch, DeadLetter, FixFrame
-from ingest.pipeline import TABLE_INSERTS, live_messages
+from ingest.batch import DeadLetter, FixFrame
+from ingest.pipeline import INBOX_CHANNEL
 from ingest.registry import Registry
-from ingest.stages import run_stages
-from ingest.writer import Writer
+from ingest.writer import Writer, us_to_datetime
 
 router = APIRouter(tags=["devices"])
 MAX_BODY = 64 * 1024
 SOURCE = "http:/osmand"
+_INBOX_SQL = ("INSERT INTO fix_inbox (received_at, vehicle_id, source, json, payload)"
+              " VALUES (%s, %s, %s, %s, %s)")
 
 
 async def _body(request: Request) -> bytes:
@@ -66,13 +67,7 @@ async def report(request: Request, p: Annotated[AsyncConnectionPool, Depends(poo
     json_mode = request.headers.get("content-type", "").split(";")[0].strip() == "application/json"
     raw = body if json_mode else request.url.query.encode() + (b"&" + body if body else b"")
     try:
-        if json_mode:
-            msg = osmand.decode_json(body)
-        else:
-            params = list(request.query_params.multi_items())
-            if body:
-                params += parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
-            msg = osmand.decode_query(params, now_us=received)
+        msg = osmand.decode_request(raw, json_mode=json_mode, now_us=received)
     except DecodeError as exc:
         await _dead(p, received, raw, str(exc))
         raise ApiError(400, "bad_request", str(exc)) from exc
@@ -83,10 +78,9 @@ async def report(request: Request, p: Annotated[AsyncConnectionPool, Depends(poo
                   f" `milepost devices add VEHICLE_ID --osmand {msg.device_id}`")  # fmt: skip
         await _dead(p, received, raw, reason)
         raise ApiError(404 if json_mode else 400, "unknown_device", reason)
-    batch = Batch(len(msg.fixes) + 1, 2, 1e9)
-    batch.add_fixes(vehicle, fixes_to_array(msg.fixes), received)
-    result = run_stages(batch.drain().fixes)
-    # the live stream and the fleet list hear of it as of ingest's fixes: on commit
-    live = [(m,) for m in live_messages(result.frame, {})]
-    await Writer(p).flush(result.frame, result.rejected, extra=[(TABLE_INSERTS["live"], live)])
+    if msg.fixes:  # (a report without a position is answered and not stored)
+        async with p.connection() as conn, conn.transaction():
+            await conn.execute(_INBOX_SQL, (us_to_datetime(received), vehicle, SOURCE,
+                                            json_mode, raw))  # fmt: skip
+            await conn.execute(f"NOTIFY {INBOX_CHANNEL}")
     return Response(status_code=200)

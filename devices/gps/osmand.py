@@ -7,6 +7,9 @@ Two request forms; the HTTP handler picks one and owns the device lookup and res
 * a JSON body (Traccar Client 9 and later, ``application/json``): :func:`decode_json`.
   ``speed`` is in **m/s** here; negative speed or heading means unknown.
 
+:func:`decode_request` takes either as one byte string, as it is stored (the JSON body,
+or the query string and the form body joined by ``&``).
+
 A request with no position (only ``cell``/``wifi``), with ``valid`` other than
 ``true``/``1``, or at 0/0, gives a message with ``fixes == []``. Only the fields below
 are kept; other keys (``cell``, ``wifi``, ``driverUniqueId``, vendor extras) are
@@ -21,6 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+from urllib.parse import parse_qsl
 
 from devices.errors import DecodeError, FieldError
 from devices.records import US_PER_S, GpsFix
@@ -59,6 +63,15 @@ def decode_query(
         raise
     except (ValueError, TypeError, OverflowError) as exc:
         raise FieldError(f"osmand: malformed parameter: {exc}") from exc
+
+
+def decode_request(raw: bytes, *, json_mode: bool, now_us: int | None = None) -> OsmandMessage:
+    """Decode a request as one byte string: the JSON body (``json_mode``), or else the
+    query string and the form body joined by ``&`` (``now_us`` as in :func:`decode_query`)."""
+    if json_mode:
+        return decode_json(raw)
+    params = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
+    return decode_query(params, now_us=now_us)
 
 
 def decode_json(body: bytes) -> OsmandMessage:

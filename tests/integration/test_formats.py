@@ -140,7 +140,7 @@ def test_teltonika_binary_packet(
 
 
 def test_osmand_query_form_and_json(
-    api_url: str, db: psycopg.Connection, cli: Callable[..., str]
+    ingest: Proc, api_url: str, db: psycopg.Connection, cli: Callable[..., str]
 ) -> None:
     vid, device = f"OA-{tag()}", str(secrets.randbelow(10**8))
     cli("devices", "add", vid, "--osmand", device)
@@ -164,6 +164,8 @@ def test_osmand_query_form_and_json(
     r = httpx.post(f"{api_url}/osmand", content=orjson.dumps(body),
                    headers={"Content-Type": "application/json"})  # fmt: skip
     assert r.status_code == 200, r.text
+    # answered once in fix_inbox; ingest stores them as every other transport's fixes
+    wait_until(lambda: len(rows(db, vid)) == 3, what="the three reports in gps_fix")
     stored = rows(db, vid)
     assert [(x[1], x[2]) for x in stored] == [(52.51, 13.39), (52.52, 13.40), (52.53, 13.41)]
     assert stored[0][3] == pytest.approx(10 * 1852 / 3600) and stored[2][3] == 4.5

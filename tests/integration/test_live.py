@@ -127,8 +127,11 @@ def test_live_positions_parcels_filter_and_resume(
         "keys", "create", "--role", "customer")}).status_code == 403
 
 
-def test_an_osmand_report_is_a_live_position(api_url: str, cli: Callable[..., str]) -> None:
-    """OsmAnd reports are written by the API itself, not by ingest: they notify alike."""
+def test_an_osmand_report_is_a_live_position(
+    ingest: Proc, api_url: str, cli: Callable[..., str]
+) -> None:
+    """OsmAnd reports go through the API's fix_inbox to ingest, which notifies them as
+    every other transport's fixes."""
     tag = secrets.token_hex(3).upper()
     van, device = f"LO{tag}-VAN", f"lo{tag.lower()}"
     cli("devices", "add", van, "--osmand", device)

@@ -442,3 +442,22 @@ def test_any_json_gives_a_message_or_decode_error(doc: object) -> None:
         return
     with contextlib.suppress(DecodeError):
         osmand.decode_json(body)
+
+
+def test_a_stored_request_decodes_as_it_was_received() -> None:
+    """decode_request, as ingest reads a report back from fix_inbox: the query string and the
+    form body joined by ``&`` give the parameters of both (the body's win a repeated key),
+    and a JSON body decodes as decode_json does."""
+    query, form = b"id=123456&lat=52.51&lon=13.39", b"timestamp=1795504500&speed=10&lat=52.52"
+    got = osmand.decode_request(query + b"&" + form, json_mode=False, now_us=NOW_US)
+    assert got.device_id == "123456" and len(got.fixes) == 1
+    fix = got.fixes[0]
+    assert (fix.lat_deg, fix.lon_deg, fix.ts_us) == (52.52, 13.39, 1_795_504_500_000_000)
+    assert fix.speed_mps == pytest.approx(10 * osmand.KNOT_MPS)
+    no_time = osmand.decode_request(query, json_mode=False, now_us=NOW_US)
+    assert no_time.fixes[0].ts_us == NOW_US  # no timestamp: the receive time stored with it
+    body = json.dumps({"device_id": "7", "location": {"timestamp": "2026-11-24T07:15:00Z",
+                       "coords": {"latitude": 1.5, "longitude": 2.5}}}).encode()  # fmt: skip
+    assert osmand.decode_request(body, json_mode=True) == osmand.decode_json(body)
+    with pytest.raises(DecodeError):
+        osmand.decode_request(body, json_mode=False)  # a JSON body is no query
