@@ -98,9 +98,11 @@ the temporaries share buffers.
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from itertools import pairwise
 from typing import Any, Final
@@ -123,6 +125,14 @@ _EDGES_US: Final = tuple(float(m * 60 * S_US) for m in BUCKET_EDGES_MIN)
 _ROUND: Final = 1.5 * 2.0**52
 _ROUND_BITS: Final = int(np.float64(_ROUND).view(np.int64))
 _F_LO, _F_MID, _F_HI, _CONF = range(4)  # the columns of EtaEstimator._window()
+SNAPSHOT_VERSION: Final = 1  # of EtaEstimator.snapshot()
+# what a snapshot keeps of a van and of a route stop; the other columns follow from these
+# and the plan (set_plan derives them)
+_VAN_STATE: Final = ("last_ts", "lon", "lat", "last_speed", "odo_m", "n_moving", "recent_mps",
+                     "history_mps", "n_detour", "detour", "n_service", "service_s", "leg_lon",
+                     "leg_lat", "leg_odo_m", "at_stop", "arrived_us", "waiting")  # fmt: skip
+_STOP_STATE: Final = ("visited", "cur_slot", "cur_tb", "cur_h", "cur_lo", "cur_hi", "arch_has",
+                      "arch_tb", "arch_h", "arch_lo", "arch_hi")  # fmt: skip
 
 Int64Array = NDArray[np.int64]
 Float64Array = NDArray[np.float64]
@@ -418,6 +428,11 @@ class EtaEstimator:
 
     def set_plan(self, plan: RoutePlan) -> None:
         """Swap in a reloaded plan, keeping what each remaining van has learned."""
+        self._adopt(plan, reload=True)
+
+    def _adopt(self, plan: RoutePlan, *, reload: bool) -> None:
+        """Map the state onto ``plan`` by van and (van, stop) ids, and derive the rest; a
+        ``reload`` also starts a new tour for each van found at its hub."""
         old_van, old_stop = self._van_index, self._stop_index
         vids = plan.vehicle_ids.tolist()
         counts = np.diff(plan.offsets)
@@ -432,8 +447,9 @@ class EtaEstimator:
         new_of_old[stop_map[stop_map >= 0]] = np.flatnonzero(stop_map >= 0)
         vans.at_stop = new_of_old[vans.at_stop]
         vans.arrived_us[vans.at_stop < 0] = NO_TIME
-        away = haversine_m(vans.lon, vans.lat, plan.hub_lon_deg, plan.hub_lat_deg)
-        vans.waiting |= ~(away > self.hub_radius_m)  # at its hub (or no fix): a new tour
+        if reload:
+            away = haversine_m(vans.lon, vans.lat, plan.hub_lon_deg, plan.hub_lat_deg)
+            vans.waiting |= ~(away > self.hub_radius_m)  # at its hub (or no fix): a new tour
         self._vans, self._stops, self._plan, self._van_of_stop = vans, stops, plan, van_of_stop
         self._vehicle_of_stop: StrArray = _readonly(plan.vehicle_ids[van_of_stop])
         self._van_index = {v: k for k, v in enumerate(vids)}
@@ -481,6 +497,77 @@ class EtaEstimator:
         if r is not None and r.rows is not None:  # its copy of service_us, for van k's rows
             a, b = np.searchsorted(r.rows, (lo, hi)).tolist()
             r.service_us[a:b] = s.service_us[r.rows[a:b]]
+
+    # ------------------------------------------------------------------ persistence
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything learned and predicted, as a JSON-able document (the arrays in one
+        compressed ``.npz``, base64): :meth:`restore` on an estimator of any plan gives
+        back the state of the vans and stops the two plans share, as :meth:`set_plan`
+        keeps it, and the window histories."""
+        v, s = self._vans, self._stops
+        arrays: dict[str, NDArray[Any]] = {
+            "vehicle_id": np.asarray(self._plan.vehicle_ids, np.str_),
+            "stop_van": self._van_of_stop, "stop_id": np.asarray(self._plan.stop_ids, np.str_),
+            "err": np.array([x for d in self._err for x in d], np.float64),
+            "hit": np.array([x for d in self._hit for x in d], np.bool_),
+            "history": np.array([len(d) for d in self._err], np.int64),
+        }  # fmt: skip
+        for name in _VAN_STATE:
+            arrays["van_" + name] = getattr(v, name)
+        for name in _STOP_STATE:
+            arrays["stop_" + name] = getattr(s, name)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # (stubs: allow_pickle)
+        return {"version": SNAPSHOT_VERSION, "npz": base64.b64encode(buf.getvalue()).decode()}
+
+    def restore(self, snapshot: Mapping[str, Any]) -> int:
+        """Take a :meth:`snapshot`'s state onto this estimator's plan (see there); returns
+        the vans restored. Raises ``ValueError`` (and changes nothing) when the document
+        is not a snapshot this version wrote."""
+        if not isinstance(snapshot, Mapping) or snapshot.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"not an ETA snapshot of version {SNAPSHOT_VERSION}")
+        try:
+            with np.load(io.BytesIO(base64.b64decode(snapshot["npz"], validate=True)),
+                         allow_pickle=False) as z:  # fmt: skip
+                a = {k: z[k] for k in z.files}
+            vids, stop_van, stop_ids = a["vehicle_id"].tolist(), a["stop_van"], a["stop_id"]
+            nv, ns = len(vids), len(stop_ids)
+            vans: _Vans = _take(_Vans, None, np.full(nv, -1, np.intp))
+            stops: _Stops = _take(_Stops, None, np.full(ns, -1, np.intp))
+            for cls_rows, prefix, names, size in ((vans, "van_", _VAN_STATE, nv),
+                                                  (stops, "stop_", _STOP_STATE, ns)):
+                for name in names:
+                    col = getattr(cls_rows, name)
+                    got = a[prefix + name]
+                    if got.shape != (size, *col.shape[1:]):
+                        raise ValueError(f"{prefix}{name}: shape {got.shape}")
+                    col[...] = got.astype(col.dtype, casting="same_kind")
+            stop_keys = [(vids[k], str(x)) for k, x in zip(stop_van.tolist(), stop_ids.tolist(),
+                                                           strict=True)]  # fmt: skip
+            history = a["history"].tolist()
+            if (len(history) != N_SLOTS or min(history) < 0 or sum(history) != len(a["err"])
+                    or len(a["err"]) != len(a["hit"]) or len(stop_van) != ns):
+                raise ValueError("window histories or stop columns do not add up")
+            if ns and not ((stop_van >= 0) & (stop_van < nv)).all():
+                raise ValueError("stop_van out of range")
+            if not ((vans.at_stop >= -1) & (vans.at_stop < ns)).all():
+                raise ValueError("at_stop out of range")
+        except (KeyError, IndexError, TypeError, OSError, EOFError) as exc:
+            raise ValueError(f"not a readable ETA snapshot: {exc!r}") from exc
+        ends = np.cumsum([0, *history]).tolist()
+        err, hit = a["err"].tolist(), a["hit"].tolist()
+        for b in range(N_SLOTS):
+            keep = self._err[b].maxlen
+            self._err[b] = deque(err[ends[b]:ends[b + 1]], maxlen=keep)
+            self._hit[b] = deque(hit[ends[b]:ends[b + 1]], maxlen=keep)
+        self._vans, self._stops = vans, stops
+        self._van_index = {x: k for k, x in enumerate(vids)}
+        self._stop_index = {key: i for i, key in enumerate(stop_keys)}
+        self._table, self._predicted = None, True
+        self._window()
+        self._adopt(self._plan, reload=False)
+        return sum(1 for x in vids if x in self._van_index)
 
     # ------------------------------------------------------------------ observations
 

@@ -14,6 +14,7 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from geo.eta import EtaEstimator, Etas, RoutePlan
@@ -322,8 +323,9 @@ def test_estimate_matches_scalar_reference(variant: str, seed: int) -> None:
     est = EtaEstimator(RoutePlan.build(routes), **params)
     ref = Ref(routes, params)
     pos = {v: np.array(at(*rng.uniform(-5000, 5000, 2))) for v in [*names, "X-9"]}
+    crash = np.random.default_rng([seed, len(variant), 8])
     t = T0
-    n_rows = 0
+    n_rows = restarts = 0
     for _ in range(260):
         t += int(rng.integers(10, 200)) * S
         op = rng.choice(["fixes", "arrive", "depart", "estimate", "replan"],
@@ -386,7 +388,13 @@ def test_estimate_matches_scalar_reference(variant: str, seed: int) -> None:
             new_routes += random_routes(rng, [new_name], "S")
             est.set_plan(RoutePlan.build(new_routes))
             ref.set_plan(new_routes)
-    assert n_rows > 50
+        if crash.random() < 0.04:  # a crash: a new estimator of the plan, from a snapshot
+            # through JSON (a stream of its own: the operations are the ones without crashes)
+            doc = orjson.loads(orjson.dumps(est.snapshot()))
+            est = EtaEstimator(RoutePlan.build(ref.routes), **params)
+            assert est.restore(doc) == len(ref.routes)
+            restarts += 1
+    assert n_rows > 50 and restarts >= 3
     final = rows(est.estimate())
     assert_rows_close(final, ref.estimate(None))
     # the windows learned past their priors, on tour and waiting
@@ -814,3 +822,26 @@ def test_bad_input_raises_value_error() -> None:
                    {"waiting_prior": (1.0, 0.5)}):
         with pytest.raises(ValueError):
             EtaEstimator(plan, **kwargs)
+
+
+def test_a_snapshot_restores_onto_a_reloaded_plan_and_a_bad_one_changes_nothing() -> None:
+    est = EtaEstimator(RoutePlan.build([line_plan([2000, 4000, 6000])]))
+    drive(est, "V-1", T0, 0.0, 10.0, 2000.0)
+    est.observe_arrival("V-1", "S-1", T0 + 200 * S)
+    est.observe_departure("V-1", "S-1", T0 + 320 * S)
+    drive(est, "V-1", T0 + 320 * S, 2000.0, 10.0, 3000.0)
+    doc = orjson.loads(orjson.dumps(est.snapshot()))
+    want = by_stop(est.estimate())
+    assert set(want) == {"S-2", "S-3"}  # S-1 visited
+    # the plan reloaded meanwhile: another van, and a stop added at the end of V-1's route
+    plan = RoutePlan.build([line_plan([2000, 4000, 6000, 8000]), line_plan([500], "V-2")])
+    fresh = EtaEstimator(plan)
+    assert fresh.restore(doc) == 1
+    got = by_stop(fresh.estimate())
+    assert {k: got[k] for k in want} == want and set(got) == {"S-2", "S-3", "S-4"}
+    before = rows(fresh.estimate())
+    for bad in ({}, {"version": 99, "npz": doc["npz"]}, {"version": 1, "npz": "not base64!"},
+                {"version": 1, "npz": "AAAA"}, {"version": 1}, []):  # fmt: skip
+        with pytest.raises(ValueError):
+            fresh.restore(bad)  # type: ignore[arg-type]
+        assert rows(fresh.estimate()) == before
