@@ -131,8 +131,8 @@ SNAPSHOT_VERSION: Final = 1  # of EtaEstimator.snapshot()
 _VAN_STATE: Final = ("last_ts", "lon", "lat", "last_speed", "odo_m", "n_moving", "recent_mps",
                      "history_mps", "n_detour", "detour", "n_service", "service_s", "leg_lon",
                      "leg_lat", "leg_odo_m", "at_stop", "arrived_us", "waiting")  # fmt: skip
-_STOP_STATE: Final = ("visited", "cur_slot", "cur_tb", "cur_h", "cur_lo", "cur_hi", "arch_has",
-                      "arch_tb", "arch_h", "arch_lo", "arch_hi")  # fmt: skip
+_STOP_STATE: Final = ("visited", "cur_slot", "cur_tb", "cur_h", "cur_lo", "cur_hi")
+_ARCH_STATE: Final = ("arch_tb", "arch_h", "arch_lo", "arch_hi")  # kept where arch_has
 
 Int64Array = NDArray[np.int64]
 Float64Array = NDArray[np.float64]
@@ -417,6 +417,7 @@ class EtaEstimator:
         self._flat_mid, self._clamp_t, self._short_us, self._f_max = True, False, 0.0, 0.0
         self._rows: _Rows | None = None
         self._predicted = False  # False: no stop has a prediction (True: some may have)
+        self.changes = 0  # counts what changed the state (a snapshot is new when it moved)
         self._window()  # the priors' table; rebuilt when a score changes a history
         self._vans: _Vans = _take(_Vans, None, np.empty(0, np.intp))
         self._stops: _Stops = _take(_Stops, None, np.empty(0, np.intp))
@@ -433,6 +434,7 @@ class EtaEstimator:
     def _adopt(self, plan: RoutePlan, *, reload: bool) -> None:
         """Map the state onto ``plan`` by van and (van, stop) ids, and derive the rest; a
         ``reload`` also starts a new tour for each van found at its hub."""
+        self.changes += 1
         old_van, old_stop = self._van_index, self._stop_index
         vids = plan.vehicle_ids.tolist()
         counts = np.diff(plan.offsets)
@@ -517,9 +519,25 @@ class EtaEstimator:
             arrays["van_" + name] = getattr(v, name)
         for name in _STOP_STATE:
             arrays["stop_" + name] = getattr(s, name)
+        at = np.flatnonzero(s.arch_has.reshape(-1))  # the archive is sparse: (stop, slot)
+        arrays["arch_at"] = at
+        for name in _ARCH_STATE:
+            arrays[name] = getattr(s, name).reshape(-1)[at]
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # (stubs: allow_pickle)
         return {"version": SNAPSHOT_VERSION, "npz": base64.b64encode(buf.getvalue()).decode()}
+
+    def last_fix_us(self) -> dict[str, int]:
+        """Each van of the plan that has a fix: the time of its newest (later ones are news)."""
+        has = self._vans.last_ts != NO_TIME
+        return dict(zip(self._plan.vehicle_ids[has].tolist(),
+                        self._vans.last_ts[has].tolist(), strict=True))  # fmt: skip
+
+    def at_stop(self, vehicle_id: str) -> str | None:
+        """The route stop the van arrived at and has not left (None: at none, or unknown)."""
+        k = self._van_index.get(vehicle_id)
+        i = -1 if k is None else int(self._vans.at_stop[k])
+        return None if i < 0 else str(self._plan.stop_ids[i])
 
     def restore(self, snapshot: Mapping[str, Any]) -> int:
         """Take a :meth:`snapshot`'s state onto this estimator's plan (see there); returns
@@ -553,6 +571,16 @@ class EtaEstimator:
                 raise ValueError("stop_van out of range")
             if not ((vans.at_stop >= -1) & (vans.at_stop < ns)).all():
                 raise ValueError("at_stop out of range")
+            at = a["arch_at"].astype(np.intp, casting="same_kind")
+            if len(at) and not (at.min() >= 0 and at.max() < ns * N_SLOTS):
+                raise ValueError("arch_at out of range")
+            stops.arch_has.reshape(-1)[at] = True
+            for name in _ARCH_STATE:
+                col = getattr(stops, name).reshape(-1)
+                got = a[name]
+                if got.shape != at.shape:
+                    raise ValueError(f"{name}: shape {got.shape}")
+                col[at] = got.astype(col.dtype, casting="same_kind")
         except (KeyError, IndexError, TypeError, OSError, EOFError) as exc:
             raise ValueError(f"not a readable ETA snapshot: {exc!r}") from exc
         ends = np.cumsum([0, *history]).tolist()
@@ -594,6 +622,7 @@ class EtaEstimator:
         van, ts, lon, lat, spd = van[fresh], ts[fresh], lon[fresh], lat[fresh], spd[fresh]
         if len(ts) == 0:
             return
+        self.changes += 1
         starts, _, count = _runs(van)
         ends = starts + count - 1
         prev_lon, prev_lat = np.roll(lon, 1), np.roll(lat, 1)
@@ -627,6 +656,7 @@ class EtaEstimator:
                         hub: bool = False) -> None:  # fmt: skip
         """The van entered one of its route stops, or its hub with ``hub=True`` (``stop_id``
         unused); see the module docstring."""
+        self.changes += 1
         v, s = self._vans, self._stops
         if hub:
             kh = self._van_index.get(vehicle_id)
@@ -658,6 +688,7 @@ class EtaEstimator:
     def observe_departure(self, vehicle_id: str, stop_id: str, ts_us: int, *,
                           hub: bool = False) -> None:  # fmt: skip
         """The van left a route stop, or its hub with ``hub=True`` (``stop_id`` unused)."""
+        self.changes += 1
         k = self._van_index.get(vehicle_id)
         if k is None:
             return
@@ -837,6 +868,7 @@ class EtaEstimator:
         if r.rows is None and not self._predicted:  # every stop, none with a prediction
             s.cur_slot, s.cur_tb, s.cur_h, s.cur_lo, s.cur_hi = slot, t_row, h, earliest, latest
             self._predicted = True
+            self.changes += 1
             return
         old = s.cur_slot if r.rows is None else s.cur_slot[r.rows]
         changed = slot != old
@@ -858,6 +890,7 @@ class EtaEstimator:
         s.cur_slot[stop], s.cur_tb[stop], s.cur_h[stop] = slot[at], t_row[at], h[at]
         s.cur_lo[stop], s.cur_hi[stop] = earliest[at], latest[at]
         self._predicted = True
+        self.changes += 1
 
     def _score(self, i: int, a_us: int) -> None:
         """Score stop ``i``'s predictions against its arrival at ``a_us``."""

@@ -215,9 +215,10 @@ class ParcelBook:
 
     def seed(self, tracking_number: str, status: str, sub_status: str | None,
              vehicle_id: str | None, time_us: int, late: bool = False,
-             cold: bool = False) -> None:  # fmt: skip
+             cold: bool = False, confidence: float | None = None) -> None:  # fmt: skip
         """Restore a parcel's state from ``parcel_latest`` after a restart; ``late`` and
-        ``cold``: whether it was ever flagged so (they fire once per parcel)."""
+        ``cold``: whether it was ever flagged so (they fire once per parcel); ``confidence``
+        of its binding (None: 0.5 when it has a van)."""
         i = self._by_tracking.get(tracking_number)
         if i is None or status not in STATUSES:
             return
@@ -229,7 +230,8 @@ class ParcelBook:
                                                  and sub_status not in (MISLOAD, UNBOUND))
         self.late[i] = late or sub_status == LATE
         self.cold[i] = cold or sub_status == COLD_CHAIN
-        self.confidence[i] = 0.5 if vehicle_id else 0.0
+        self.confidence[i] = (confidence if confidence is not None
+                              else 0.5 if vehicle_id else 0.0)  # fmt: skip
         self.time_us[i] = time_us
 
     def transient(self) -> dict[str, Any]:

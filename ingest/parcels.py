@@ -24,6 +24,7 @@ from typing import Any, Final
 import numpy as np
 import orjson
 import psycopg
+from numpy.typing import NDArray
 
 from devices.fleet import ProofOfDelivery
 from geo.eta import EtaEstimator, Etas, RoutePlan
@@ -204,10 +205,11 @@ class ParcelStage:
         self.plan, self._plan_key = plan, key
         return True
 
-    def seed(self, rows: Sequence[tuple[str, str, str | None, str | None, int, bool, bool]]
-             ) -> None:  # fmt: skip
-        """Rows of parcel_latest (tracking, status, sub_status, vehicle_id, time_us) and
-        whether each parcel was ever late or out of its temperature range."""
+    def seed(self, rows: Sequence[tuple[str, str, str | None, str | None, int, bool, bool,
+                                        float | None]]) -> None:  # fmt: skip
+        """Rows of parcel_latest (tracking, status, sub_status, vehicle_id, time_us),
+        whether each parcel was ever late or out of its temperature range, and the
+        confidence of its binding."""
         for row in rows:
             self.book.seed(*row)
 
@@ -327,20 +329,100 @@ class ParcelStage:
         vehicle, stop, kind = str(g.vehicle_id[i]), str(g.stop_id[i]), str(g.kind[i])
         ts, stop_kind = int(g.ts_us[i]), plan.stop_kind.get(stop)
         ev = ParcelEvents()
+        self._fence_eta(vehicle, stop, kind, ts, plan)
         if kind == "enter":
-            home = stop_kind == "hub" and plan.hubs.get(vehicle) == stop
-            self.eta.observe_arrival(vehicle, stop, ts, hub=home)  # home: waiting again
             if stop_kind == "hub":
                 self.book.arrived_hub(vehicle)
         elif kind == "exit":
             from_hub = stop_kind == "hub" and plan.hubs.get(vehicle, stop) == stop
-            self.eta.observe_departure(vehicle, stop, ts, hub=from_hub)
             if from_hub:
                 ev.extend(self.book.departed_hub(vehicle, ts))
             elif stop_kind == "delivery":
                 dwell = float(g.dwell_s[i])
                 self.book.left_stop(vehicle, stop, ts, 0.0 if math.isnan(dwell) else dwell)
         return ev
+
+    def _fence_eta(self, vehicle: str, stop: str, kind: str, ts: int, plan: Plan, *,
+                   again: bool = False) -> None:  # fmt: skip
+        """What a geofence event tells the ETA estimator: an arrival at a stop (at the
+        van's own hub: waiting again), a departure (from its hub: on tour). ``again``: the
+        event may have reached the estimator before its last snapshot, so only what is
+        idempotent is told: an arrival at a route stop (a visited stop ignores it) and the
+        departure from the stop the van is at."""
+        hub = plan.stop_kind.get(stop) == "hub"
+        if again and (hub or (kind == "exit" and self.eta.at_stop(vehicle) != stop)):
+            return
+        if kind == "enter":
+            home = hub and plan.hubs.get(vehicle) == stop
+            self.eta.observe_arrival(vehicle, stop, ts, hub=home)
+        elif kind == "exit":
+            from_hub = hub and plan.hubs.get(vehicle, stop) == stop
+            self.eta.observe_departure(vehicle, stop, ts, hub=from_hub)
+
+    # ------------------------------------------------------------------ a restart
+
+    def eta_state(self) -> dict[str, Any]:
+        """What the ETAs need across a restart: the estimator's snapshot, when each van's
+        ETAs were last refreshed, and the ETA last written per parcel."""
+        b, last = self.book, self._eta_last
+        written = np.flatnonzero(last)
+        return {"estimator": self.eta.snapshot(), "eta_at": self._eta_at,
+                "eta_last": dict(zip(b.tracking_number[written].tolist(),
+                                     last[written].tolist(), strict=True)),
+                "last_fix": self.eta.last_fix_us()}  # where the stored fixes are news  # fmt: skip
+
+    def restore_eta(self, state: Any, fixes: Sequence[tuple[str, int, float, float, float]],
+                    fences: Sequence[tuple[int, str, str, str]]) -> int:  # fmt: skip
+        """After a restart, with the plan set: the ETA state of :meth:`eta_state`, then what
+        came after it was written (the stored fixes and geofence events since: ``(vehicle,
+        ts_us, lon, lat, speed_mps)`` and ``(ts_us, vehicle, stop_id, kind)``), in time
+        order, as a batch would have told them; the fixes of the track buffer's horizon
+        place the events of the first batches after it. Raises ValueError, changing nothing, for
+        a state this version cannot read. Returns the vans restored."""
+        if not isinstance(state, dict) or not isinstance(state.get("eta_at"), dict) or \
+                not isinstance(state.get("eta_last"), dict):  # fmt: skip
+            raise ValueError("not an ETA state")
+        eta_at = {str(k): int(v) for k, v in state["eta_at"].items()}
+        eta_last = {str(k): int(v) for k, v in state["eta_last"].items()}
+        n = self.eta.restore(state["estimator"])
+        self._eta_at = eta_at
+        self._eta_last = np.array([eta_last.get(t, 0) for t in self.book.tracking_number.tolist()],
+                                  dtype=np.int64)  # fmt: skip
+        plan = self.plan
+        newest = self.eta.last_fix_us()
+        fixes = sorted(fixes, key=lambda f: f[1])
+        self._track_fixes(fixes)  # positions for the events of the first batches
+        ahead = [f for f in fixes if f[1] > newest.get(f[0], np.iinfo(np.int64).min)]
+        k = 0
+        for ts, vehicle, stop, kind in sorted(fences, key=lambda e: e[0]):
+            j = k
+            while j < len(ahead) and ahead[j][1] <= ts:
+                j += 1
+            self._observe(ahead[k:j])
+            k = j
+            if plan is not None:
+                self._fence_eta(vehicle, stop, kind, ts, plan, again=True)
+        self._observe(ahead[k:])
+        return n
+
+    @staticmethod
+    def _columns(fixes: Sequence[tuple[str, int, float, float, float]]
+                 ) -> tuple[NDArray[np.intp], list[str], list[NDArray[Any]]]:  # fmt: skip
+        names = sorted({f[0] for f in fixes})
+        code = {v: i for i, v in enumerate(names)}
+        cols = list(zip(*fixes, strict=True))
+        return (np.array([code[v] for v in cols[0]], np.intp), names,
+                [np.array(cols[1], np.int64), *(np.array(c, np.float64) for c in cols[2:])])
+
+    def _observe(self, fixes: Sequence[tuple[str, int, float, float, float]]) -> None:
+        if fixes:
+            code, names, (ts, lon, lat, speed) = self._columns(fixes)
+            self.eta.observe_fixes(code, names, ts, lon, lat, speed)
+
+    def _track_fixes(self, fixes: Sequence[tuple[str, int, float, float, float]]) -> None:
+        if fixes:
+            code, names, (ts, lon, lat, _speed) = self._columns(fixes)
+            self.track.extend(code, names, ts, lon, lat)
 
     def _where(self, vehicle: str, ts_us: Sequence[int], prefer: Sequence[str]
                ) -> list[tuple[str | None, str | None]]:  # fmt: skip

@@ -73,6 +73,12 @@ TABLE_INSERTS: dict[str, str] = {
 }  # fmt: skip
 PARCEL_STATE = "parcels"  # its name in ingest_state
 GEOFENCE_STATE = "geofences"  # the geofence tracker's (TransitionTracker.snapshot)
+ETA_STATE = "etas"  # the ETA estimator's (ParcelStage.eta_state)
+# an ETA state this small is written with every batch that changed it; a larger one (a
+# fleet of hundreds of vans) at most every so much event time, and a restart catches up
+# from the fixes and geofence events stored since (ParcelStage.restore_eta)
+ETA_STATE_SMALL = 256 * 1024
+ETA_STATE_EVERY_US = 60 * 1_000_000
 
 
 def pass_rows(p: Passes, vehicles: Sequence[str | None] = ()) -> list[tuple[Any, ...]]:
@@ -139,6 +145,9 @@ class Pipeline:
         self._roles: dict[tuple[str, int], str] = {}
         self._state_written = b""
         self._geo_snapshot: object = None  # the tracker's snapshot last written
+        # the ETA state last written: the estimator's change count, event time and size
+        self._eta_changes, self._eta_at_us, self._eta_size = -1, 0, 0
+        self.eta_small, self.eta_every_us = ETA_STATE_SMALL, ETA_STATE_EVERY_US
 
     def restore_state(self, state: Mapping[str, Any] | None) -> None:
         """After a restart, with the plan loaded and parcel_latest seeded: the parcel
@@ -154,6 +163,16 @@ class Pipeline:
         vehicle_latest). Returns the visits and runs restored."""
         n = self.transitions.restore(snapshot, last)
         self._geo_snapshot = self.transitions.snapshot()  # what the row holds already
+        return n
+
+    def restore_etas(self, state: Any, fixes: Sequence[tuple[str, int, float, float, float]],
+                     fences: Sequence[tuple[int, str, str, str]]) -> int:  # fmt: skip
+        """After a restart, with the plan set and the parcel stage restored: the ETA
+        estimator as the last ETA state left it, caught up with the fixes and geofence
+        events stored since (see ParcelStage.restore_eta). Returns the vans restored."""
+        n = self.parcels.restore_eta(state, fixes, fences)
+        self._eta_changes = self.parcels.eta.changes  # (a catch-up is written with the next)
+        self._eta_at_us = max(self.parcels.eta.last_fix_us().values(), default=0)
         return n
 
     def set_roles(self, roles: Mapping[tuple[str, int], str]) -> None:
@@ -213,7 +232,9 @@ class Pipeline:
         result = run_stages(drained.fixes)
         events = self._transitions_into(drained, result.frame)
         self._parcels_into(drained, result.frame, passes, events)
-        self._state_into(drained, tracked=bool(len(result.frame) and len(self.transitions.fences)))
+        self._state_into(drained, tracked=bool(len(result.frame) and len(self.transitions.fences)),
+                         newest_us=int(result.frame.fix["ts_us"].max()) if len(result.frame)
+                         else None)  # fmt: skip
         drained.rows["live"] = [(m,) for m in live_messages(result.frame, drained.rows)]
         return result
 
@@ -273,10 +294,12 @@ class Pipeline:
                 if out.eta_rows else [])  # fmt: skip
         rows["webhook_outbox"] = webhooks.outbox_rows(rows["parcel_event"], etas)
 
-    def _state_into(self, drained: Drained, tracked: bool) -> None:
+    def _state_into(self, drained: Drained, tracked: bool, newest_us: int | None) -> None:
         """The stages' state between batches, written in this batch's transaction when it
         changed (ingest_state: a restart goes on from the last committed batch): the parcel
-        stage's, and the geofence tracker's when this batch had fixes for it."""
+        stage's, the geofence tracker's when this batch had fixes for it, and the ETA
+        estimator's (a large one at most every ``eta_every_us``; ``newest_us``: the batch's
+        newest fix)."""
         rows = drained.rows.setdefault("ingest_state", [])
         state = orjson.dumps(self.parcels.book.transient())
         if state != self._state_written:
@@ -287,6 +310,14 @@ class Pipeline:
             if snapshot is not self._geo_snapshot:  # the same object while nothing changed
                 self._geo_snapshot = snapshot
                 rows.append((self.instance, GEOFENCE_STATE, orjson.dumps(snapshot).decode()))
+        changes = self.parcels.eta.changes
+        if changes != self._eta_changes and self.parcels.ready and (
+                self._eta_size <= self.eta_small or (newest_us is not None and newest_us
+                                                     - self._eta_at_us >= self.eta_every_us)):
+            doc = orjson.dumps(self.parcels.eta_state())
+            rows.append((self.instance, ETA_STATE, doc.decode()))
+            self._eta_changes, self._eta_size = changes, len(doc)
+            self._eta_at_us = max(self._eta_at_us, newest_us or 0)
         if not rows:
             del drained.rows["ingest_state"]
 

@@ -41,7 +41,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -58,6 +58,7 @@ from devices.gps import json as gps_json
 from devices.gps import nmea, osmand, owntracks, teltonika
 from devices.records import GpsFix, fixes_to_array
 from geo.fences import FenceSet
+from geo.matching import TrackBuffer
 from ingest import retention
 from ingest.batch import Batch, DeadLetter, Drained
 from ingest.manifest import MANIFEST_CHANNEL
@@ -66,11 +67,18 @@ from ingest.parcels import (
     PodEvidence,
     load_plan,
 )
-from ingest.pipeline import GEOFENCE_STATE, INBOX_CHANNEL, PARCEL_STATE, TABLE_INSERTS, Pipeline
+from ingest.pipeline import (
+    ETA_STATE,
+    GEOFENCE_STATE,
+    INBOX_CHANNEL,
+    PARCEL_STATE,
+    TABLE_INSERTS,
+    Pipeline,
+)
 from ingest.registry import Registry
 from ingest.serial import GateChunk, GateSupervisor
 from ingest.webhooks import WebhookSender
-from ingest.writer import Prepared, Writer, datetime_to_us
+from ingest.writer import Prepared, Writer, datetime_to_us, us_to_datetime
 from milepost.db import listen
 from milepost.settings import Settings
 
@@ -429,16 +437,21 @@ class Ingest:
                     )
                     rows = await cur.fetchall()
                     plan = await load_plan(conn)
-                    seed: list[tuple[str, str, str | None, str | None, int, bool, bool]] = []
-                    state = geofences = None
+                    seed: list[tuple[str, str, str | None, str | None, int, bool, bool,
+                                     float | None]] = []  # fmt: skip
+                    state = geofences = etas = None
                     newest: dict[str, tuple[int, float, float]] = {}
+                    since: tuple[list[Any], list[Any]] = ([], [])  # ETA catch-up
                     if not self._plan_ready.is_set():
                         cur = await conn.execute(
                             "SELECT name, state FROM ingest_state WHERE instance = %s"
-                            " AND name IN (%s, %s)",
-                            (self.pipeline.instance, PARCEL_STATE, GEOFENCE_STATE))  # fmt: skip
+                            " AND name IN (%s, %s, %s)", (self.pipeline.instance, PARCEL_STATE,
+                                                          GEOFENCE_STATE, ETA_STATE))  # fmt: skip
                         states: dict[str, Any] = dict(await cur.fetchall())
                         state, geofences = states.get(PARCEL_STATE), states.get(GEOFENCE_STATE)
+                        etas = states.get(ETA_STATE)
+                        if etas:
+                            since = await self._since_eta_state(conn, etas, plan.routes)
                         if geofences:  # the vans' newest fixes: the tracker's last ones
                             cur = await conn.execute(
                                 "SELECT vehicle_id, time, lon, lat FROM vehicle_latest")
@@ -449,9 +462,9 @@ class Ingest:
                             " l.time, EXISTS (SELECT FROM parcel_event e WHERE e.tracking_number"
                             " = l.tracking_number AND e.sub_status = 'Exception_LATE'),"
                             " EXISTS (SELECT FROM parcel_event e WHERE e.tracking_number"
-                            " = l.tracking_number AND e.sub_status = 'Exception_COLD_CHAIN')"
-                            " FROM parcel_latest l")  # fmt: skip
-                        seed = [(*r[:4], datetime_to_us(r[4]), r[5], r[6])
+                            " = l.tracking_number AND e.sub_status = 'Exception_COLD_CHAIN'),"
+                            " l.confidence FROM parcel_latest l")  # fmt: skip
+                        seed = [(*r[:4], datetime_to_us(r[4]), r[5], r[6], r[7])
                                 for r in await cur.fetchall()]  # fmt: skip
                 key = tuple((r[0], r[1], orjson.dumps(r[2]), r[3]) for r in rows)
                 if key != self._stops_key:
@@ -472,6 +485,8 @@ class Ingest:
                     self._restore(state)
                 if geofences:
                     self._restore_geofences(geofences, newest)
+                if etas:
+                    self._restore_etas(etas, *since)
                 self._plan_ready.set()
             except psycopg.OperationalError as exc:
                 log.debug("cannot read the manifest (%s); keeping the plan", exc)
@@ -482,29 +497,73 @@ class Ingest:
                 await asyncio.wait_for(self._manifest_changed.wait(), PLAN_RELOAD_S)
 
     def _restore(self, state: Any) -> None:
-        """The parcel stage's state between events, from ingest_state; one this version
-        cannot read is left out with a warning (ingest starts without it)."""
-        try:
-            self.pipeline.restore_state(state)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            log.warning("ingest_state: cannot restore the parcel stage's state (%r); starting"
-                        " without it", exc)  # fmt: skip
-            return
-        counts = self.pipeline.parcels.book.pending_counts()
-        log.info("parcel stage: restored %d attempts and %d cargo removals waiting to settle",
-                 *counts)  # fmt: skip
+        """The parcel stage's state between events, from ingest_state."""
+        if self._restoring("the parcel stage's state", self.pipeline.restore_state, state)[0]:
+            counts = self.pipeline.parcels.book.pending_counts()
+            log.info("parcel stage: restored %d attempts and %d cargo removals waiting to"
+                     " settle", *counts)  # fmt: skip
 
     def _restore_geofences(self, snapshot: Any, last: dict[str, tuple[int, float, float]]
                            ) -> None:  # fmt: skip
         """The geofence visits in progress, from ingest_state (without them a van inside a
         stop at a crash would enter it again, and its dwell restart)."""
+        ok, n = self._restoring("the geofence visits", self.pipeline.restore_geofences,
+                                snapshot, last)  # fmt: skip
+        if ok:
+            log.info("geofences: restored %d visits in progress", n)
+
+    def _restore_etas(self, state: Any, fixes: list[Any], fences: list[Any]) -> None:
+        """What the ETA estimator had learned and predicted, from ingest_state, caught up
+        with the fixes and geofence events stored since (without it every van's visited
+        stops, speeds and windows would start again from the priors)."""
+        ok, n = self._restoring("the ETA estimator", self.pipeline.restore_etas, state, fixes,
+                                fences)  # fmt: skip
+        if ok:
+            log.info("etas: restored %d vans, caught up with %d fixes and %d geofence events",
+                     n, len(fixes), len(fences))  # fmt: skip
+
+    @staticmethod
+    def _restoring(what: str, restore: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+        """``(True, restore(*args))``; whatever the row holds, ingest starts: ``(False,
+        None)`` and a warning when it cannot be restored."""
         try:
-            n = self.pipeline.restore_geofences(snapshot, last)
-        except Exception as exc:  # whatever the row holds, ingest starts
-            log.warning("ingest_state: cannot restore the geofence visits (%r); starting"
-                        " without them", exc)  # fmt: skip
-            return
-        log.info("geofences: restored %d visits in progress", n)
+            return True, restore(*args)
+        except Exception as exc:  # a row this version cannot read
+            log.warning("ingest_state: cannot restore %s (%r); starting without it", what, exc)
+            return False, None
+
+    @staticmethod
+    async def _since_eta_state(conn: psycopg.AsyncConnection[Any], state: Any,
+                               routes: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
+        """The fixes and geofence events (enter, exit) stored since the ETA state was
+        written, for the vans of the plan: per van, from a track horizon before its newest
+        fix in the state (the catch-up tells the estimator only what is newer, and only
+        what a second telling cannot spoil)."""
+        last = state.get("last_fix") if isinstance(state, dict) else None
+        if not isinstance(last, dict):
+            return [], []
+        horizon = TrackBuffer().horizon_us
+        try:
+            newest = {str(v): int(t) for v, t in last.items()}
+        except (TypeError, ValueError):  # (restore_etas refuses the row and says so)
+            return [], []
+        default = max(newest.values(), default=None)  # vans without a fix in the state
+        bounds = {v: us_to_datetime(t - horizon) for v in {*newest, *routes}
+                  if (t := newest.get(v, default)) is not None}  # fmt: skip
+        vans, times = list(bounds), list(bounds.values())
+        cur = await conn.execute(
+            "SELECT f.vehicle_id, f.time, f.lon, f.lat, f.speed_mps FROM"
+            " unnest(%s::text[], %s::timestamptz[]) AS s (v, t) JOIN gps_fix f"
+            " ON f.vehicle_id = s.v AND f.time > s.t", (vans, times))  # fmt: skip
+        fixes = [(r[0], datetime_to_us(r[1]), r[2], r[3], math.nan if r[4] is None else r[4])
+                 for r in await cur.fetchall()]  # fmt: skip
+        cur = await conn.execute(
+            "SELECT g.time, g.vehicle_id, g.stop_id, g.kind FROM"
+            " unnest(%s::text[], %s::timestamptz[]) AS s (v, t) JOIN geofence_event g"
+            " ON g.vehicle_id = s.v AND g.time > s.t AND g.kind IN ('enter', 'exit')",
+            (vans, times))  # fmt: skip
+        fences = [(datetime_to_us(r[0]), *r[1:]) for r in await cur.fetchall()]
+        return fixes, fences
 
     async def run_manifest_listen(self) -> None:
         """LISTEN for stored manifests, so the plan and the gates follow one at once rather

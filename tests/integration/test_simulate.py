@@ -174,6 +174,7 @@ def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_p
             procs.append(procs.pop(0))  # the ingest is the one the killer kills
         messages = schedule(day, from_s)
         done = threading.Event()
+        restarts: list[Proc] = []
 
         def killer() -> None:
             t0 = time.monotonic()
@@ -195,6 +196,7 @@ def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_p
                 procs[-1].proc.wait(10)
                 procs.append(spawn("ingest", extra_env=extra))
                 procs[-1].wait_for("subscribed to")
+                restarts.append(procs[-1])
 
         chaos = threading.Thread(target=killer, daemon=True)
         chaos.start()
@@ -261,6 +263,9 @@ def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_p
                        what="every event at the receiver")  # fmt: skip
             time.sleep(1.0)
             assert set(receiver.events) == ids and receiver.bad_signatures == 0
+        for p in restarts:  # each went on from what the ETA estimator had learned
+            assert f"etas: restored {DAY_50X.vans} vans" in p.text(), p.text()
+            assert "cannot restore" not in p.text(), p.text()
         for p in procs:
             p.stop()
         forget_session(extra["MILEPOST_MQTT_CLIENT_ID"])
