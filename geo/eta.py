@@ -99,8 +99,8 @@ the temporaries share buffers.
 from __future__ import annotations
 
 import base64
-import io
 import math
+import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -337,6 +337,32 @@ def _take(cls: type[Any], old: Any, old_index: IntpArray) -> Any:
     return cls(**out)
 
 
+def _pack(arrays: Mapping[str, NDArray[Any]]) -> dict[str, Any]:
+    """Arrays as JSON: their names, dtypes and shapes, and their bytes, one after the other,
+    deflated (fast: level 1) and in base64. A tenth of an ``.npz``'s time at a few vans."""
+    data = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())
+    return {"arrays": [[k, a.dtype.str, list(a.shape)] for k, a in arrays.items()],
+            "data": base64.b64encode(zlib.compress(data, 1)).decode()}
+
+
+def _unpack(doc: Mapping[str, Any]) -> dict[str, NDArray[Any]]:
+    """The arrays of :func:`_pack` (copies); ValueError when the document is not one."""
+    raw = zlib.decompress(base64.b64decode(doc["data"], validate=True))
+    out, at = {}, 0
+    for name, dtype_str, shape in doc["arrays"]:
+        dtype = np.dtype(dtype_str)
+        if dtype.hasobject or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise ValueError(f"{name}: not a plain array")
+        count = math.prod(shape)
+        if at + count * dtype.itemsize > len(raw):
+            raise ValueError(f"{name}: past the end of the data")
+        out[str(name)] = np.frombuffer(raw, dtype, count, at).reshape(shape).copy()
+        at += count * dtype.itemsize
+    if at != len(raw):
+        raise ValueError("data left over")
+    return out
+
+
 def _blend(n: NDArray[Any], learned: Float64Array, prior: float, samples: int) -> Float64Array:
     w = np.minimum(n / samples, 1.0)
     out: Float64Array = np.where(n > 0, w * learned + (1 - w) * prior, prior)
@@ -504,7 +530,7 @@ class EtaEstimator:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything learned and predicted, as a JSON-able document (the arrays in one
-        compressed ``.npz``, base64): :meth:`restore` on an estimator of any plan gives
+        compressed blob, base64, see ``_pack``): :meth:`restore` on an estimator of any plan gives
         back the state of the vans and stops the two plans share, as :meth:`set_plan`
         keeps it, and the window histories."""
         v, s = self._vans, self._stops
@@ -523,9 +549,7 @@ class EtaEstimator:
         arrays["arch_at"] = at
         for name in _ARCH_STATE:
             arrays[name] = getattr(s, name).reshape(-1)[at]
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # (stubs: allow_pickle)
-        return {"version": SNAPSHOT_VERSION, "npz": base64.b64encode(buf.getvalue()).decode()}
+        return {"version": SNAPSHOT_VERSION, **_pack(arrays)}
 
     def last_fix_us(self) -> dict[str, int]:
         """Each van of the plan that has a fix: the time of its newest (later ones are news)."""
@@ -546,9 +570,7 @@ class EtaEstimator:
         if not isinstance(snapshot, Mapping) or snapshot.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"not an ETA snapshot of version {SNAPSHOT_VERSION}")
         try:
-            with np.load(io.BytesIO(base64.b64decode(snapshot["npz"], validate=True)),
-                         allow_pickle=False) as z:  # fmt: skip
-                a = {k: z[k] for k in z.files}
+            a = _unpack(snapshot)
             vids, stop_van, stop_ids = a["vehicle_id"].tolist(), a["stop_van"], a["stop_id"]
             nv, ns = len(vids), len(stop_ids)
             vans: _Vans = _take(_Vans, None, np.full(nv, -1, np.intp))
@@ -581,7 +603,7 @@ class EtaEstimator:
                 if got.shape != at.shape:
                     raise ValueError(f"{name}: shape {got.shape}")
                 col[at] = got.astype(col.dtype, casting="same_kind")
-        except (KeyError, IndexError, TypeError, OSError, EOFError) as exc:
+        except (KeyError, IndexError, TypeError, zlib.error) as exc:
             raise ValueError(f"not a readable ETA snapshot: {exc!r}") from exc
         ends = np.cumsum([0, *history]).tolist()
         err, hit = a["err"].tolist(), a["hit"].tolist()

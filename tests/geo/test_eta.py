@@ -840,8 +840,12 @@ def test_a_snapshot_restores_onto_a_reloaded_plan_and_a_bad_one_changes_nothing(
     got = by_stop(fresh.estimate())
     assert {k: got[k] for k in want} == want and set(got) == {"S-2", "S-3", "S-4"}
     before = rows(fresh.estimate())
-    for bad in ({}, {"version": 99, "npz": doc["npz"]}, {"version": 1, "npz": "not base64!"},
-                {"version": 1, "npz": "AAAA"}, {"version": 1}, []):  # fmt: skip
+    arrays = doc["arrays"]
+    for bad in ({}, {**doc, "version": 99}, {**doc, "data": "not base64!"},
+                {**doc, "data": "AAAA"}, {"version": 1}, [], {**doc, "arrays": arrays[:-1]},
+                {**doc, "arrays": [[n, "O", s] for n, _, s in arrays]},
+                {**doc, "arrays": [[n, "<f8", s] for n, _, s in arrays]},
+                {**doc, "arrays": [a for a in arrays if a[0] != "van_odo_m"]}):  # fmt: skip
         with pytest.raises(ValueError):
             fresh.restore(bad)  # type: ignore[arg-type]
         assert rows(fresh.estimate()) == before
