@@ -147,10 +147,12 @@ def carries_from(day: Day, from_s: float, speedup: float) -> list[PlannedCarry]:
 async def run_day(
     day: Day, *, host: str, port: int, passwords: dict[str, str], from_s: float = 0.0,
     speedup: float = 1.0, duration_s: float | None = None, link_dir: Path | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, flush_s: float = FLUSH_S,
 ) -> LiveStats:  # fmt: skip
     """Play the day; gates on pseudo-terminals under ``link_dir`` (None: no gates; gates
-    need ``speedup`` 1, see the module's docstring)."""
+    need ``speedup`` 1, see the module's docstring). After the day's last message the vans
+    go on delivering what they hold for at most ``flush_s``; what is left then is counted
+    in ``failed``."""
     if link_dir is not None and speedup != 1:
         raise ValueError(f"gates need speedup 1 (their reads are stamped by the host), not"
                          f" {speedup:g}")  # fmt: skip
@@ -176,10 +178,10 @@ async def run_day(
             elapsed = time.monotonic() - wall0
             if duration_s is not None and elapsed >= duration_s:
                 break
-            if played_at is not None and time.monotonic() - played_at > FLUSH_S:
+            if played_at is not None and time.monotonic() - played_at > flush_s:
                 log.warning("%d messages still undelivered %.0f s after the day's end (is"
                             " the broker up?); giving up on them",
-                            sum(len(link.backlog) for link in links.values()), FLUSH_S)
+                            sum(len(link.backlog) for link in links.values()), flush_s)
                 break
             now_s = from_s + elapsed * speedup
             due: dict[str, list[Message]] = {van: [] for van in vans}
@@ -195,7 +197,7 @@ async def run_day(
             if k < len(messages):
                 wait = (messages[k][0] - now_s) / speedup
                 await asyncio.sleep(float(np.clip(wait, 0.0, 0.5)))
-            else:  # the day is played: what the vans still hold, until FLUSH_S
+            else:  # the day is played: what the vans still hold, until flush_s
                 played_at = played_at if played_at is not None else time.monotonic()
                 await asyncio.sleep(RETRY_S / 4)
     stats.failed = sum(len(link.backlog) for link in links.values())

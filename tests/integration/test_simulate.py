@@ -133,6 +133,39 @@ def test_a_day_with_the_broker_restarted_ends_as_its_replay(
     assert stats.reconnects >= DAY_50X.vans and stats.retried > 0, stats  # all were cut off
 
 
+def test_the_vans_give_up_what_the_broker_never_takes_after_the_flush_time(
+    env: dict[str, str],
+) -> None:
+    """The broker stopped for good just before the day's end: ``run_day`` ends ``flush_s``
+    after its last message, and counts what the vans still hold as failed (not published,
+    not lost in silence)."""
+    cli = cli_with(env)
+    day = make_day(DAY_50X, seed=FAULTS_DAY_SEED, start_us=time.time_ns() // 1000)
+    passwords = {van: cli("devices", "add", van) for van in day.fixes}
+    time.sleep(1.0)  # the broker reloads its password file on SIGHUP
+    last_s = schedule(day)[-1][0]
+    from_s = last_s - 4 * 50.0  # the day's last 4 s at 50x
+
+    def cut() -> None:
+        time.sleep(1.5)
+        stack.stop_broker(STATE_DIR)
+
+    chaos = threading.Thread(target=cut, daemon=True)
+    chaos.start()
+    t0 = time.monotonic()
+    try:
+        stats = asyncio.run(run_day(day, host="127.0.0.1", port=stack.MQTT_PORT,
+                                    passwords=passwords, from_s=from_s, speedup=50.0,
+                                    flush_s=2.0))  # fmt: skip
+    finally:
+        chaos.join(10)
+        stack.start_broker(STATE_DIR)
+    took = time.monotonic() - t0
+    total = len(schedule(day, from_s))
+    assert stats.failed > 0 and stats.published + stats.failed == total, (stats, total)
+    assert 4.0 + 2.0 <= took < 4.0 + 2.0 + 5.0, took  # the day, the flush time, a margin
+
+
 def _play_day_and_compare(spawn: Callable[..., Proc], env: dict[str, str], tmp_path: Path,
                           name: str, kills_at_s: Sequence[float],
                           receiver: Receiver | None = None,
