@@ -337,7 +337,7 @@ def _take(cls: type[Any], old: Any, old_index: IntpArray) -> Any:
     return cls(**out)
 
 
-def _pack(arrays: Mapping[str, NDArray[Any]]) -> dict[str, Any]:
+def pack_arrays(arrays: Mapping[str, NDArray[Any]]) -> dict[str, Any]:
     """Arrays as JSON: their names, dtypes and shapes, and their bytes, one after the other,
     deflated (fast: level 1) and in base64. A tenth of an ``.npz``'s time at a few vans."""
     data = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())
@@ -345,9 +345,13 @@ def _pack(arrays: Mapping[str, NDArray[Any]]) -> dict[str, Any]:
             "data": base64.b64encode(zlib.compress(data, 1)).decode()}
 
 
-def _unpack(doc: Mapping[str, Any]) -> dict[str, NDArray[Any]]:
-    """The arrays of :func:`_pack` (copies); ValueError when the document is not one."""
-    raw = zlib.decompress(base64.b64decode(doc["data"], validate=True))
+def unpack_arrays(doc: Mapping[str, Any]) -> dict[str, NDArray[Any]]:
+    """The arrays of :func:`pack_arrays` (copies); ValueError when the document is not one
+    (or KeyError, TypeError, zlib.error for what is not even shaped like one)."""
+    try:
+        raw = zlib.decompress(base64.b64decode(doc["data"], validate=True))
+    except zlib.error as exc:
+        raise ValueError(f"not deflated data: {exc}") from exc
     out, at = {}, 0
     for name, dtype_str, shape in doc["arrays"]:
         dtype = np.dtype(dtype_str)
@@ -444,6 +448,7 @@ class EtaEstimator:
         self._rows: _Rows | None = None
         self._predicted = False  # False: no stop has a prediction (True: some may have)
         self.changes = 0  # counts what changed the state (a snapshot is new when it moved)
+        self._history_doc: dict[str, Any] | None = None  # the histories packed, until a score
         self._window()  # the priors' table; rebuilt when a score changes a history
         self._vans: _Vans = _take(_Vans, None, np.empty(0, np.intp))
         self._stops: _Stops = _take(_Stops, None, np.empty(0, np.intp))
@@ -529,17 +534,14 @@ class EtaEstimator:
     # ------------------------------------------------------------------ persistence
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything learned and predicted, as a JSON-able document (the arrays in one
-        compressed blob, base64, see ``_pack``): :meth:`restore` on an estimator of any plan gives
-        back the state of the vans and stops the two plans share, as :meth:`set_plan`
-        keeps it, and the window histories."""
+        """Everything learned and predicted, as a JSON-able document (the arrays packed by
+        :func:`pack_arrays`, the window histories apart: they change with a score only):
+        :meth:`restore` on an estimator of any plan gives back the state of the vans and
+        stops the two plans share, as :meth:`set_plan` keeps it, and the histories."""
         v, s = self._vans, self._stops
         arrays: dict[str, NDArray[Any]] = {
             "vehicle_id": np.asarray(self._plan.vehicle_ids, np.str_),
             "stop_van": self._van_of_stop, "stop_id": np.asarray(self._plan.stop_ids, np.str_),
-            "err": np.array([x for d in self._err for x in d], np.float64),
-            "hit": np.array([x for d in self._hit for x in d], np.bool_),
-            "history": np.array([len(d) for d in self._err], np.int64),
         }  # fmt: skip
         for name in _VAN_STATE:
             arrays["van_" + name] = getattr(v, name)
@@ -549,13 +551,24 @@ class EtaEstimator:
         arrays["arch_at"] = at
         for name in _ARCH_STATE:
             arrays[name] = getattr(s, name).reshape(-1)[at]
-        return {"version": SNAPSHOT_VERSION, **_pack(arrays)}
+        if self._history_doc is None:  # the histories change with a score only
+            self._history_doc = pack_arrays({
+                "err": np.array([x for d in self._err for x in d], np.float64),
+                "hit": np.array([x for d in self._hit for x in d], np.bool_),
+                "history": np.array([len(d) for d in self._err], np.int64)})  # fmt: skip
+        return {"version": SNAPSHOT_VERSION, **pack_arrays(arrays),
+                "history": self._history_doc}
 
     def last_fix_us(self) -> dict[str, int]:
         """Each van of the plan that has a fix: the time of its newest (later ones are news)."""
         has = self._vans.last_ts != NO_TIME
         return dict(zip(self._plan.vehicle_ids[has].tolist(),
                         self._vans.last_ts[has].tolist(), strict=True))  # fmt: skip
+
+    def is_waiting(self, vehicle_id: str) -> bool | None:
+        """Is the van waiting at its hub (see the rules)? None: not a van of the plan."""
+        k = self._van_index.get(vehicle_id)
+        return None if k is None else bool(self._vans.waiting[k])
 
     def at_stop(self, vehicle_id: str) -> str | None:
         """The route stop the van arrived at and has not left (None: at none, or unknown)."""
@@ -570,7 +583,7 @@ class EtaEstimator:
         if not isinstance(snapshot, Mapping) or snapshot.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"not an ETA snapshot of version {SNAPSHOT_VERSION}")
         try:
-            a = _unpack(snapshot)
+            a = {**unpack_arrays(snapshot), **unpack_arrays(snapshot["history"])}
             vids, stop_van, stop_ids = a["vehicle_id"].tolist(), a["stop_van"], a["stop_id"]
             nv, ns = len(vids), len(stop_ids)
             vans: _Vans = _take(_Vans, None, np.full(nv, -1, np.intp))
@@ -593,6 +606,13 @@ class EtaEstimator:
                 raise ValueError("stop_van out of range")
             if not ((vans.at_stop >= -1) & (vans.at_stop < ns)).all():
                 raise ValueError("at_stop out of range")
+            if not ((stops.cur_slot >= -1) & (stops.cur_slot < N_SLOTS)).all():
+                raise ValueError("cur_slot out of range")
+            if len(set(vids)) != nv or len(set(stop_keys)) != ns:
+                raise ValueError("vehicle or (vehicle, stop) ids repeat")
+            floats = [getattr(vans, n) for n in _VAN_STATE if getattr(vans, n).dtype.kind == "f"]
+            if any(np.isinf(c).any() for c in floats) or not np.isfinite(a["err"]).all():
+                raise ValueError("infinite values")
             at = a["arch_at"].astype(np.intp, casting="same_kind")
             if len(at) and not (at.min() >= 0 and at.max() < ns * N_SLOTS):
                 raise ValueError("arch_at out of range")
@@ -607,16 +627,25 @@ class EtaEstimator:
             raise ValueError(f"not a readable ETA snapshot: {exc!r}") from exc
         ends = np.cumsum([0, *history]).tolist()
         err, hit = a["err"].tolist(), a["hit"].tolist()
-        for b in range(N_SLOTS):
-            keep = self._err[b].maxlen
-            self._err[b] = deque(err[ends[b]:ends[b + 1]], maxlen=keep)
-            self._hit[b] = deque(hit[ends[b]:ends[b + 1]], maxlen=keep)
+        kept = (self._err, self._hit, self._vans, self._stops, self._van_index,
+                self._stop_index)  # fmt: skip
+        self._err = [deque(err[ends[b]:ends[b + 1]], maxlen=d.maxlen)
+                     for b, d in enumerate(kept[0])]  # fmt: skip
+        self._hit = [deque(hit[ends[b]:ends[b + 1]], maxlen=d.maxlen)
+                     for b, d in enumerate(kept[1])]  # fmt: skip
         self._vans, self._stops = vans, stops
         self._van_index = {x: k for k, x in enumerate(vids)}
         self._stop_index = {key: i for i, key in enumerate(stop_keys)}
-        self._table, self._predicted = None, True
-        self._window()
-        self._adopt(self._plan, reload=False)
+        try:
+            self._adopt(self._plan, reload=False)
+        except Exception as exc:  # (checked above; whatever is left, nothing changes)
+            (self._err, self._hit, self._vans, self._stops, self._van_index,
+             self._stop_index) = kept  # fmt: skip
+            self._adopt(self._plan, reload=False)
+            raise ValueError(f"ETA snapshot not applicable: {exc!r}") from exc
+        finally:
+            self._table, self._predicted, self._history_doc = None, True, None
+            self._window()
         return sum(1 for x in vids if x in self._van_index)
 
     # ------------------------------------------------------------------ observations
@@ -929,7 +958,7 @@ class EtaEstimator:
             self._err[b].append((a_us - (tb + _ROUND_BITS) - h) / big_h)
             self._hit[b].append(lo <= a_us <= hi)
         if preds:
-            self._table = None
+            self._table = self._history_doc = None
 
     def _window(self) -> Float64Array:
         """Per slot (column): 1 + lo, 1 + m, 1 + hi and the confidence (lo, m, hi per slot,

@@ -27,7 +27,7 @@ import psycopg
 from numpy.typing import NDArray
 
 from devices.fleet import ProofOfDelivery
-from geo.eta import EtaEstimator, Etas, RoutePlan
+from geo.eta import EtaEstimator, Etas, RoutePlan, pack_arrays, unpack_arrays
 from geo.fences import FenceSet
 from geo.lifecycle import DELIVERED, STATUSES, ParcelBook, ParcelEvents, PlanParcels
 from geo.matching import BOUND, OUTCOMES, TrackBuffer, match_passes
@@ -343,65 +343,82 @@ class ParcelStage:
         return ev
 
     def _fence_eta(self, vehicle: str, stop: str, kind: str, ts: int, plan: Plan, *,
-                   again: bool = False) -> None:  # fmt: skip
+                   again: bool = False, last_at_hub: bool = False) -> None:  # fmt: skip
         """What a geofence event tells the ETA estimator: an arrival at a stop (at the
         van's own hub: waiting again), a departure (from its hub: on tour). ``again``: the
-        event may have reached the estimator before its last snapshot, so only what is
-        idempotent is told: an arrival at a route stop (a visited stop ignores it) and the
-        departure from the stop the van is at."""
+        event may have reached the estimator before its last snapshot, so it is told only
+        where a second telling changes nothing: an arrival at a route stop (a visited one
+        ignores it), the departure from the stop the van is at, and, for the van's last
+        event at its hub (``last_at_hub``), a return to it while on tour or a departure
+        from it while waiting (its earlier ones are history the state has)."""
         hub = plan.stop_kind.get(stop) == "hub"
-        if again and (hub or (kind == "exit" and self.eta.at_stop(vehicle) != stop)):
-            return
         if kind == "enter":
             home = hub and plan.hubs.get(vehicle) == stop
+            if again and home and not (last_at_hub and self.eta.is_waiting(vehicle) is False):
+                return
             self.eta.observe_arrival(vehicle, stop, ts, hub=home)
         elif kind == "exit":
             from_hub = hub and plan.hubs.get(vehicle, stop) == stop
+            if again and (not (last_at_hub and self.eta.is_waiting(vehicle)) if from_hub
+                          else self.eta.at_stop(vehicle) != stop):  # fmt: skip
+                return
             self.eta.observe_departure(vehicle, stop, ts, hub=from_hub)
 
     # ------------------------------------------------------------------ a restart
 
     def eta_state(self) -> dict[str, Any]:
         """What the ETAs need across a restart: the estimator's snapshot, when each van's
-        ETAs were last refreshed, and the ETA last written per parcel."""
+        ETAs were last refreshed, and the ETA last written per parcel (packed, as the
+        estimator's arrays are)."""
         b, last = self.book, self._eta_last
         written = np.flatnonzero(last)
         return {"estimator": self.eta.snapshot(), "eta_at": self._eta_at,
-                "eta_last": dict(zip(b.tracking_number[written].tolist(),
-                                     last[written].tolist(), strict=True)),
-                "last_fix": self.eta.last_fix_us()}  # where the stored fixes are news  # fmt: skip
+                "eta_last": pack_arrays({"tracking_number": b.tracking_number[written],
+                                         "eta_us": last[written]}),
+                "last_fix": self.eta.last_fix_us()}  # where the stored fixes are news
 
     def restore_eta(self, state: Any, fixes: Sequence[tuple[str, int, float, float, float]],
                     fences: Sequence[tuple[int, str, str, str]]) -> int:  # fmt: skip
         """After a restart, with the plan set: the ETA state of :meth:`eta_state`, then what
         came after it was written (the stored fixes and geofence events since: ``(vehicle,
         ts_us, lon, lat, speed_mps)`` and ``(ts_us, vehicle, stop_id, kind)``), in time
-        order, as a batch would have told them; the fixes of the track buffer's horizon
-        place the events of the first batches after it. Raises ValueError, changing nothing, for
-        a state this version cannot read. Returns the vans restored."""
-        if not isinstance(state, dict) or not isinstance(state.get("eta_at"), dict) or \
-                not isinstance(state.get("eta_last"), dict):  # fmt: skip
-            raise ValueError("not an ETA state")
-        eta_at = {str(k): int(v) for k, v in state["eta_at"].items()}
-        eta_last = {str(k): int(v) for k, v in state["eta_last"].items()}
+        order (a live batch tells its fixes first, then its events, and estimates between
+        batches: the catch-up is close, not exact); the fixes of the track buffer's
+        horizon place the events of the first batches after it. Raises ValueError,
+        changing nothing, for a state this version cannot read. Returns the vans
+        restored."""
+        try:  # everything read before anything is kept: a bad state changes nothing
+            eta_at = {str(k): int(v) for k, v in state["eta_at"].items()}
+            packed = unpack_arrays(state["eta_last"])
+            written = dict(zip(packed["tracking_number"].astype(str).tolist(),
+                               packed["eta_us"].astype(np.int64).tolist(), strict=True))
+            eta_last = np.array([written.get(t, 0) for t in self.book.tracking_number.tolist()],
+                                dtype=np.int64)  # fmt: skip
+        except (KeyError, TypeError, AttributeError, OverflowError) as exc:
+            raise ValueError(f"not an ETA state: {exc!r}") from exc
         n = self.eta.restore(state["estimator"])
-        self._eta_at = eta_at
-        self._eta_last = np.array([eta_last.get(t, 0) for t in self.book.tracking_number.tolist()],
-                                  dtype=np.int64)  # fmt: skip
+        self._eta_at, self._eta_last = eta_at, eta_last
         plan = self.plan
         newest = self.eta.last_fix_us()
         fixes = sorted(fixes, key=lambda f: f[1])
         self._track_fixes(fixes)  # positions for the events of the first batches
         ahead = [f for f in fixes if f[1] > newest.get(f[0], np.iinfo(np.int64).min)]
+        events = sorted(fences, key=lambda e: e[0])
+        told = [e[0] <= newest.get(e[1], np.iinfo(np.int64).min) for e in events]
+        last_hub = {}  # per van, its last event at a hub among those it may have been told
+        for i, (_ts, vehicle, stop, _kind) in enumerate(events):
+            if told[i] and plan is not None and plan.stop_kind.get(stop) == "hub":
+                last_hub[vehicle] = i
         k = 0
-        for ts, vehicle, stop, kind in sorted(fences, key=lambda e: e[0]):
+        for i, (ts, vehicle, stop, kind) in enumerate(events):
             j = k
             while j < len(ahead) and ahead[j][1] <= ts:
                 j += 1
             self._observe(ahead[k:j])
             k = j
-            if plan is not None:
-                self._fence_eta(vehicle, stop, kind, ts, plan, again=True)
+            if plan is not None:  # no newer than the van's newest then: maybe told
+                self._fence_eta(vehicle, stop, kind, ts, plan, again=told[i],
+                                last_at_hub=last_hub.get(vehicle) == i)  # fmt: skip
         self._observe(ahead[k:])
         return n
 

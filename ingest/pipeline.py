@@ -75,7 +75,7 @@ PARCEL_STATE = "parcels"  # its name in ingest_state
 GEOFENCE_STATE = "geofences"  # the geofence tracker's (TransitionTracker.snapshot)
 ETA_STATE = "etas"  # the ETA estimator's (ParcelStage.eta_state)
 # an ETA state this small is written with every batch that changed it; a larger one (a
-# fleet of hundreds of vans) at most every so much event time, and a restart catches up
+# fleet of hundreds of vans) at most every so much receipt time, and a restart catches up
 # from the fixes and geofence events stored since (ParcelStage.restore_eta)
 ETA_STATE_SMALL = 256 * 1024
 ETA_STATE_EVERY_US = 60 * 1_000_000
@@ -172,7 +172,7 @@ class Pipeline:
         events stored since (see ParcelStage.restore_eta). Returns the vans restored."""
         n = self.parcels.restore_eta(state, fixes, fences)
         self._eta_changes = self.parcels.eta.changes  # (a catch-up is written with the next)
-        self._eta_at_us = max(self.parcels.eta.last_fix_us().values(), default=0)
+        self._eta_at_us = self._eta_size = 0
         return n
 
     def set_roles(self, roles: Mapping[tuple[str, int], str]) -> None:
@@ -232,9 +232,9 @@ class Pipeline:
         result = run_stages(drained.fixes)
         events = self._transitions_into(drained, result.frame)
         self._parcels_into(drained, result.frame, passes, events)
+        received = drained.fixes.received_us
         self._state_into(drained, tracked=bool(len(result.frame) and len(self.transitions.fences)),
-                         newest_us=int(result.frame.fix["ts_us"].max()) if len(result.frame)
-                         else None)  # fmt: skip
+                         received_us=int(received.max()) if len(received) else None)
         drained.rows["live"] = [(m,) for m in live_messages(result.frame, drained.rows)]
         return result
 
@@ -294,12 +294,12 @@ class Pipeline:
                 if out.eta_rows else [])  # fmt: skip
         rows["webhook_outbox"] = webhooks.outbox_rows(rows["parcel_event"], etas)
 
-    def _state_into(self, drained: Drained, tracked: bool, newest_us: int | None) -> None:
+    def _state_into(self, drained: Drained, tracked: bool, received_us: int | None) -> None:
         """The stages' state between batches, written in this batch's transaction when it
         changed (ingest_state: a restart goes on from the last committed batch): the parcel
         stage's, the geofence tracker's when this batch had fixes for it, and the ETA
-        estimator's (a large one at most every ``eta_every_us``; ``newest_us``: the batch's
-        newest fix)."""
+        estimator's (a large one at most every ``eta_every_us`` of receipt time, the
+        batch's newest ``received_us``: a device clock far ahead must not stop it)."""
         rows = drained.rows.setdefault("ingest_state", [])
         state = orjson.dumps(self.parcels.book.transient())
         if state != self._state_written:
@@ -312,12 +312,12 @@ class Pipeline:
                 rows.append((self.instance, GEOFENCE_STATE, orjson.dumps(snapshot).decode()))
         changes = self.parcels.eta.changes
         if changes != self._eta_changes and self.parcels.ready and (
-                self._eta_size <= self.eta_small or (newest_us is not None and newest_us
+                self._eta_size <= self.eta_small or (received_us is not None and received_us
                                                      - self._eta_at_us >= self.eta_every_us)):
             doc = orjson.dumps(self.parcels.eta_state())
             rows.append((self.instance, ETA_STATE, doc.decode()))
             self._eta_changes, self._eta_size = changes, len(doc)
-            self._eta_at_us = max(self._eta_at_us, newest_us or 0)
+            self._eta_at_us = received_us if received_us is not None else self._eta_at_us
         if not rows:
             del drained.rows["ingest_state"]
 

@@ -92,6 +92,8 @@ DRAIN_S = 10.0  # on SIGTERM: at most this long to write and acknowledge what wa
 POD_SOURCE = "http:/v1/pod"
 INBOX_POLL_S = 1.0  # the inboxes are read at least this often
 INBOX_TAKE = 500  # rows of an inbox at a time
+# what a decoder bug raises: the message goes to dead_letter, ingest goes on
+INTERNAL_ERRORS = (ArithmeticError, ValueError, TypeError, KeyError, IndexError)
 # unacknowledged messages the broker may have in flight to us: the local stack's
 # Mosquitto sets max_inflight_messages to this
 RECEIVE_MAXIMUM = 1000
@@ -171,6 +173,7 @@ class Ingest:
         # pod_inbox and fix_inbox rows handed to a batch not yet committed, by table
         self._inbox_taken: dict[str, set[int]] = {"pod_inbox": set(), "fix_inbox": set()}
         self._inbox_posted = asyncio.Event()  # a notification: the API stored a row
+        self._inbox_open = True  # False once draining: the inboxes are no longer read
         self._cargo_looked_up: set[str] = set()  # vans whose last stored inventory was read
         self._pool = pool
         self._health: dict[tuple[str, int], str] = {}
@@ -231,13 +234,8 @@ class Ingest:
                 await self._with_db_retry(self._route, topic, payload, received, token)
         except DecodeError as exc:
             self._batch.add_dead(DeadLetter(received, topic, payload, str(exc)), token)
-        except (ArithmeticError, ValueError, TypeError, KeyError, IndexError) as exc:
-            # a decoder bug must not take ingest down (and the message back with it on
-            # every restart): the message is kept in dead_letter, with the error
-            log.exception("unexpected error decoding a message on %s", topic)
-            self._batch.add_dead(DeadLetter(received, topic, payload,
-                                            f"internal error: {type(exc).__name__}: {exc}"),
-                                 token)  # fmt: skip
+        except INTERNAL_ERRORS as exc:
+            self._batch.add_dead(self._internal(received, topic, payload, exc), token)
         if self._batch.due():
             await self._close_batch()
         elif was_empty:
@@ -545,23 +543,26 @@ class Ingest:
         horizon = TrackBuffer().horizon_us
         try:
             newest = {str(v): int(t) for v, t in last.items()}
-        except (TypeError, ValueError):  # (restore_etas refuses the row and says so)
+            default = max(newest.values(), default=None)  # vans without a fix in the state
+            bounds = {v: us_to_datetime(t - horizon) for v in {*newest, *routes}
+                      if (t := newest.get(v, default)) is not None}  # fmt: skip
+        except (TypeError, ValueError, OverflowError):  # not times: restore_etas says so
             return [], []
-        default = max(newest.values(), default=None)  # vans without a fix in the state
-        bounds = {v: us_to_datetime(t - horizon) for v in {*newest, *routes}
-                  if (t := newest.get(v, default)) is not None}  # fmt: skip
+        if not bounds:
+            return [], []
         vans, times = list(bounds), list(bounds.values())
         cur = await conn.execute(
             "SELECT f.vehicle_id, f.time, f.lon, f.lat, f.speed_mps FROM"
             " unnest(%s::text[], %s::timestamptz[]) AS s (v, t) JOIN gps_fix f"
-            " ON f.vehicle_id = s.v AND f.time > s.t", (vans, times))  # fmt: skip
+            " ON f.vehicle_id = s.v AND f.time > s.t WHERE f.time > %s",
+            (vans, times, min(times)))  # fmt: skip (the constant bound skips old chunks)
         fixes = [(r[0], datetime_to_us(r[1]), r[2], r[3], math.nan if r[4] is None else r[4])
                  for r in await cur.fetchall()]  # fmt: skip
         cur = await conn.execute(
             "SELECT g.time, g.vehicle_id, g.stop_id, g.kind FROM"
             " unnest(%s::text[], %s::timestamptz[]) AS s (v, t) JOIN geofence_event g"
-            " ON g.vehicle_id = s.v AND g.time > s.t AND g.kind IN ('enter', 'exit')",
-            (vans, times))  # fmt: skip
+            " ON g.vehicle_id = s.v AND g.time > s.t AND g.kind IN ('enter', 'exit')"
+            " WHERE g.time > %s", (vans, times, min(times)))  # fmt: skip
         fences = [(datetime_to_us(r[0]), *r[1:]) for r in await cur.fetchall()]
         return fixes, fences
 
@@ -624,51 +625,77 @@ class Ingest:
         positions (``fix_inbox``), into the open batch, and marked processed by the
         transaction that writes what they caused. A restart reads again whatever was not
         marked, so each is applied once. Woken by the API's notification, and every
-        second without one."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._inbox_posted.wait(), INBOX_POLL_S)
-            self._inbox_posted.clear()
+        second without one; at once again while a read fills its page (a backlog)."""
+        full = False
+        while self._inbox_open:
+            if not full:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._inbox_posted.wait(), INBOX_POLL_S)
+                self._inbox_posted.clear()
             try:
                 async with self._pool.connection() as conn:
-                    pods = await self._take_inbox(conn, "pod_inbox", "pod_id",
-                                                  "vehicle_id, payload")  # fmt: skip
-                    fixes = await self._take_inbox(conn, "fix_inbox", "inbox_id",
-                                                   "received_at, vehicle_id, source, json,"
-                                                   " payload")  # fmt: skip
+                    pods = await self._unhanded(conn, "pod_inbox", "pod_id",
+                                                "vehicle_id, payload")  # fmt: skip
+                    fixes = await self._unhanded(conn, "fix_inbox", "inbox_id",
+                                                 "received_at, vehicle_id, source, json,"
+                                                 " payload")  # fmt: skip
             except psycopg.OperationalError as exc:
                 log.debug("cannot read the inboxes (%s)", exc)
+                full = False
                 continue
+            if not self._inbox_open:  # draining: the next ingest reads them
+                return
+            # handed to the batch from here on (and read again only after a restart)
+            self._inbox_taken["pod_inbox"].update(r[0] for r in pods)
+            self._inbox_taken["fix_inbox"].update(r[0] for r in fixes)
             for pod_id, vehicle, payload in pods:
                 try:
                     pod = fleet.decode_pod(bytes(payload))
                 except DecodeError as exc:  # the API validated it; a newer decoder may not
                     self._batch.add_dead(DeadLetter(now_us(), POD_SOURCE, bytes(payload),
                                                     str(exc)))  # fmt: skip
+                except INTERNAL_ERRORS as exc:
+                    self._batch.add_dead(self._internal(now_us(), POD_SOURCE, bytes(payload),
+                                                        exc))  # fmt: skip
                 else:
                     self._batch.add_evidence("pod", PodEvidence(vehicle, pod))
                 self._batch.add_row("pod_done", (pod_id,))
+                await self._close_if_due()
             for inbox_id, received_at, vehicle, source, json_mode, payload in fixes:
                 received = datetime_to_us(received_at)
                 try:  # the API decoded it already, and a newer decoder may not
                     msg = osmand.decode_request(bytes(payload), json_mode=json_mode,
                                                 now_us=received)  # fmt: skip
+                    found = fixes_to_array(msg.fixes)
                 except DecodeError as exc:
                     self._batch.add_dead(DeadLetter(received, source, bytes(payload), str(exc)))
+                except INTERNAL_ERRORS as exc:
+                    self._batch.add_dead(self._internal(received, source, bytes(payload), exc))
                 else:
                     self.stats.received += 1
-                    self._batch.add_fixes(vehicle, fixes_to_array(msg.fixes), received)
+                    self._batch.add_fixes(vehicle, found, received)
                 self._batch.add_row("fix_done", (inbox_id,))
+                await self._close_if_due()
             if pods or fixes:
-                if self._batch.due():
-                    await self._close_batch()
-                else:
-                    self._wakeup.set()
+                self._wakeup.set()
+            full = INBOX_TAKE in (len(pods), len(fixes))
 
-    async def _take_inbox(self, conn: psycopg.AsyncConnection[Any], table: str, key: str,
-                          columns: str) -> list[tuple[Any, ...]]:  # fmt: skip
-        """The oldest rows of an inbox not yet processed nor handed to a batch (marked as
-        handed); forgets the handed rows whose batch has committed."""
+    async def _close_if_due(self) -> None:
+        if self._batch.due():
+            await self._close_batch()
+
+    @staticmethod
+    def _internal(received: int, source: str, payload: bytes, exc: Exception) -> DeadLetter:
+        """A decoder bug must not take ingest down (and the message back with it on every
+        restart): the message is kept in dead_letter, with the error."""
+        log.exception("unexpected error decoding a message from %s", source)
+        return DeadLetter(received, source, payload,
+                          f"internal error: {type(exc).__name__}: {exc}")  # fmt: skip
+
+    async def _unhanded(self, conn: psycopg.AsyncConnection[Any], table: str, key: str,
+                        columns: str) -> list[tuple[Any, ...]]:  # fmt: skip
+        """The oldest rows of an inbox not yet processed nor handed to a batch; forgets the
+        handed rows whose batch has committed (the caller marks what it hands over)."""
         taken = self._inbox_taken[table]
         # not a high-water mark: ids commit out of order under concurrent posts
         cur = await conn.execute(
@@ -679,7 +706,6 @@ class Ingest:
             cur = await conn.execute(f"SELECT {key} FROM {table} WHERE {key} = ANY(%s)"
                                      " AND processed_at IS NOT NULL", (list(taken),))
             taken -= {r[0] for r in await cur.fetchall()}
-        taken.update(r[0] for r in rows)
         return rows
 
     async def run_stats(self) -> None:
@@ -751,6 +777,8 @@ class Ingest:
         as they are in a crash."""
         deadline = time.monotonic() + timeout_s
         self.mqtt.close_intake()
+        self._inbox_open = False
+        self._inbox_posted.set()
         if not await self.gates.stop(max(0.0, deadline - time.monotonic())):
             log.warning("a gate's reader did not stop in time; its last reads may be lost")
             return False

@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 import pytest
 
-from geo.eta import EtaEstimator, Etas, RoutePlan
+from geo.eta import EtaEstimator, Etas, RoutePlan, pack_arrays, unpack_arrays
 from tests.geo.test_fences import at, haversine_scalar
 
 T0 = 1_795_504_502_000_000  # event time, epoch µs
@@ -824,6 +824,14 @@ def test_bad_input_raises_value_error() -> None:
             EtaEstimator(plan, **kwargs)
 
 
+def tampered(doc: dict[str, Any], name: str, value: object) -> dict[str, Any]:
+    """``doc`` with every value of one of its arrays replaced (values a snapshot never has:
+    a slot past the last, an infinite service time, a stop id repeated)."""
+    arrays = unpack_arrays(doc)
+    arrays[name] = np.full_like(arrays[name], value)
+    return {**doc, **pack_arrays(arrays)}
+
+
 def test_a_snapshot_restores_onto_a_reloaded_plan_and_a_bad_one_changes_nothing() -> None:
     est = EtaEstimator(RoutePlan.build([line_plan([2000, 4000, 6000])]))
     drive(est, "V-1", T0, 0.0, 10.0, 2000.0)
@@ -845,7 +853,9 @@ def test_a_snapshot_restores_onto_a_reloaded_plan_and_a_bad_one_changes_nothing(
                 {**doc, "data": "AAAA"}, {"version": 1}, [], {**doc, "arrays": arrays[:-1]},
                 {**doc, "arrays": [[n, "O", s] for n, _, s in arrays]},
                 {**doc, "arrays": [[n, "<f8", s] for n, _, s in arrays]},
-                {**doc, "arrays": [a for a in arrays if a[0] != "van_odo_m"]}):  # fmt: skip
+                {**doc, "arrays": [a for a in arrays if a[0] != "van_odo_m"]},
+                tampered(doc, "stop_cur_slot", 99), tampered(doc, "van_service_s", math.inf),
+                tampered(doc, "stop_id", "S-2")):  # fmt: skip
         with pytest.raises(ValueError):
             fresh.restore(bad)  # type: ignore[arg-type]
         assert rows(fresh.estimate()) == before
