@@ -300,3 +300,48 @@ def test_kill_9_between_leaving_a_stop_and_the_attempts_grace_still_fails_the_at
         assert status_of(db, tn) == ("AttemptFail", "AttemptFail_001", van)
         second.stop()
         forget_session(extra["MILEPOST_MQTT_CLIENT_ID"])
+
+
+def test_ingest_state_rows_it_cannot_read_are_refused_with_a_warning_and_ingest_runs(
+    spawn: Callable[..., Proc], env: dict[str, str], tmp_path: Path,
+) -> None:
+    """A row of ingest_state that this version cannot read (another version wrote it, or
+    it was edited by hand) must not stop ingest, nor start it in a loop of crashes: each
+    is refused whole with a warning, the plan loads and fixes are stored."""
+    with scratch_database("milepost_badstate") as url, psycopg.connect(url, autocommit=True) as db:
+        client = f"milepost-badstate-{secrets.token_hex(3)}"
+        extra = {"MILEPOST_DATABASE_URL": url, "MILEPOST_MQTT_CLIENT_ID": client}
+        cli = cli_with({**env, **extra})
+        cli("migrate")
+        tag = secrets.token_hex(3).upper()
+        van, hub = f"BS{tag}-VAN", f"BS{tag}-HUB"
+        path = tmp_path / "day.json"
+        path.write_text(json.dumps({
+            "stops": [{"stop_id": hub, "kind": "hub",
+                       "geofence": {"type": "Polygon", "coordinates": [HUB_RING]}}],
+            "vehicles": [{"vehicle_id": van}],
+            "routes": [{"vehicle_id": van, "hub_stop_id": hub, "stop_ids": []}]}))  # fmt: skip
+        cli("manifest", "load", str(path))
+        password = cli("devices", "add", van)
+        bad = {"parcels": {"v": 99},
+               "geofences": {"v": 1, "pairs": 5},
+               # times past any datetime, and no estimator
+               "etas": {"version": 1, "last_fix": {van: 10**20}, "eta_at": {}, "eta_last": {}}}
+        for name, doc in bad.items():
+            db.execute("INSERT INTO ingest_state (instance, name, state) VALUES (%s, %s, %s)",
+                       (client, name, json.dumps(doc)))  # fmt: skip
+        ing = spawn("ingest", extra_env=extra)
+        try:
+            ing.wait_for("subscribed to")
+            ing.wait_for("plan: 0 parcels")
+            for what in ("the parcel stage's state", "the geofence visits", "the ETA estimator"):
+                assert f"cannot restore {what}" in ing.text(), ing.text()
+            t = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
+            fix = orjson.dumps({"ts": t.isoformat(), "lat": HUB_LAT, "lon": HUB_LON})
+            assert pub(van, password, f"fleet/{van}/gps", [fix]).returncode == 0
+            wait_until(lambda: db.execute("SELECT count(*) FROM gps_fix WHERE vehicle_id = %s",
+                                          (van,)).fetchone() == (1,), what="the fix")  # fmt: skip
+            assert ing.proc.poll() is None
+        finally:
+            ing.stop()
+            forget_session(client)
