@@ -347,7 +347,7 @@ def pack_arrays(arrays: Mapping[str, NDArray[Any]]) -> dict[str, Any]:
 
 def unpack_arrays(doc: Mapping[str, Any]) -> dict[str, NDArray[Any]]:
     """The arrays of :func:`pack_arrays` (copies); ValueError when the document is not one
-    (or KeyError, TypeError, zlib.error for what is not even shaped like one)."""
+    (or KeyError, TypeError for what is not even shaped like one)."""
     try:
         raw = zlib.decompress(base64.b64decode(doc["data"], validate=True))
     except zlib.error as exc:
@@ -623,7 +623,7 @@ class EtaEstimator:
                 if got.shape != at.shape:
                     raise ValueError(f"{name}: shape {got.shape}")
                 col[at] = got.astype(col.dtype, casting="same_kind")
-        except (KeyError, IndexError, TypeError, zlib.error) as exc:
+        except (KeyError, IndexError, TypeError) as exc:
             raise ValueError(f"not a readable ETA snapshot: {exc!r}") from exc
         ends = np.cumsum([0, *history]).tolist()
         err, hit = a["err"].tolist(), a["hit"].tolist()

@@ -398,16 +398,20 @@ class ParcelStage:
             raise ValueError(f"not an ETA state: {exc!r}") from exc
         n = self.eta.restore(state["estimator"])
         self._eta_at, self._eta_last = eta_at, eta_last
-        plan = self.plan
-        newest = self.eta.last_fix_us()
         fixes = sorted(fixes, key=lambda f: f[1])
         self._track_fixes(fixes)  # positions for the events of the first batches
-        ahead = [f for f in fixes if f[1] > newest.get(f[0], np.iinfo(np.int64).min)]
+        plan = self.plan
+        if plan is None:  # (set_plan comes first; without a plan there is nothing to tell)
+            return n
+        never = np.iinfo(np.int64).min
+        newest = self.eta.last_fix_us()
+        ahead = [f for f in fixes if f[1] > newest.get(f[0], never)]
         events = sorted(fences, key=lambda e: e[0])
-        told = [e[0] <= newest.get(e[1], np.iinfo(np.int64).min) for e in events]
+        # no newer than the van's newest fix in the state: it may have been told already
+        told = [e[0] <= newest.get(e[1], never) for e in events]
         last_hub = {}  # per van, its last event at a hub among those it may have been told
         for i, (_ts, vehicle, stop, _kind) in enumerate(events):
-            if told[i] and plan is not None and plan.stop_kind.get(stop) == "hub":
+            if told[i] and plan.stop_kind.get(stop) == "hub":
                 last_hub[vehicle] = i
         k = 0
         for i, (ts, vehicle, stop, kind) in enumerate(events):
@@ -416,9 +420,8 @@ class ParcelStage:
                 j += 1
             self._observe(ahead[k:j])
             k = j
-            if plan is not None:  # no newer than the van's newest then: maybe told
-                self._fence_eta(vehicle, stop, kind, ts, plan, again=told[i],
-                                last_at_hub=last_hub.get(vehicle) == i)  # fmt: skip
+            self._fence_eta(vehicle, stop, kind, ts, plan, again=told[i],
+                            last_at_hub=last_hub.get(vehicle) == i)  # fmt: skip
         self._observe(ahead[k:])
         return n
 
