@@ -133,7 +133,7 @@ def encoder_vs_psycopg_rows(db: BenchDb, rows: int, rounds: int, **_: Any) -> di
         (us_to_datetime(int(f["ts_us"][i])), frame.vehicles[int(frame.vehicle[i])],
          float(f["lon_deg"][i]), float(f["lat_deg"][i]), opt(float(f["speed_mps"][i])),
          opt(float(f["heading_deg"][i])), opt(float(f["acc_m"][i])), None, int(f["sats"][i]),
-         None, int(f["seq"][i]), us_to_datetime(int(frame.received_us[i])))
+         None, int(f["seq"][i]), us_to_datetime(int(frame.received_us[i])), None)
         for i in range(rows)
     ]  # fmt: skip
 
@@ -142,7 +142,8 @@ def encoder_vs_psycopg_rows(db: BenchDb, rows: int, rounds: int, **_: Any) -> di
             f"COPY gps_fix ({cols}) FROM STDIN (FORMAT BINARY)"
         ) as cp:
             cp.set_types(["timestamptz", "text", "float8", "float8", "float8", "float8",
-                          "float8", "float8", "int2", "float8", "int8", "timestamptz"])
+                          "float8", "float8", "int2", "float8", "int8", "timestamptz",
+                          "timestamptz"])
             for t in tuples:
                 cp.write_row(t)
 

@@ -212,7 +212,7 @@ def naive_rows(frame: FixFrame, n: int) -> list[tuple[object, ...]]:
         (us_to_datetime(int(f["ts_us"][i])), frame.vehicles[int(frame.vehicle[i])],
          float(f["lon_deg"][i]), float(f["lat_deg"][i]), opt(float(f["speed_mps"][i])),
          opt(float(f["heading_deg"][i])), opt(float(f["acc_m"][i])), None, int(f["sats"][i]),
-         None, int(f["seq"][i]), us_to_datetime(int(frame.received_us[i])))
+         None, int(f["seq"][i]), us_to_datetime(int(frame.received_us[i])), None)
         for i in range(n)
     ]  # fmt: skip
 

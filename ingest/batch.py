@@ -52,13 +52,17 @@ class FixFrame:
     vehicle: NDArray[np.int32]  # codes into ``vehicles``
     received_us: NDArray[np.int64]
     vehicles: list[str]
+    # per fix, how far the device's clock was off (ingest/clocks.py): ``ts_us`` is
+    # corrected, the device stamped ``ts_us + clock_us``; None: no fix needed correcting
+    clock_us: NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return len(self.fix)
 
     def take(self, index: NDArray[np.bool_] | NDArray[np.intp]) -> FixFrame:
         return FixFrame(
-            self.fix[index], self.vehicle[index], self.received_us[index], self.vehicles
+            self.fix[index], self.vehicle[index], self.received_us[index], self.vehicles,
+            None if self.clock_us is None else self.clock_us[index],
         )
 
     @staticmethod

@@ -3,19 +3,23 @@
 :class:`Pipeline` owns the stateful stages: gate passes (:mod:`ingest.passes`), the
 fixes' validation (:data:`ingest.stages.STAGES`), geofence transitions
 (:mod:`geo.transitions`), cargo inventories (:mod:`ingest.cargo`) and the parcel stage
-(:mod:`ingest.parcels`). :meth:`Pipeline.process` runs them over a :class:`Drained`
-batch and fills its ``rows`` (table -> rows, statements in :data:`TABLE_INSERTS`);
-``milepost ingest`` writes them in the batch's transaction, a replay or a benchmark may
-just read them. The order, once: passes -> validate and dedupe fixes -> geofence events
--> bindings, parcel events and ETAs.
+(:mod:`ingest.parcels`), with the vans' clock offsets (:mod:`ingest.clocks`) in front.
+:meth:`Pipeline.process` runs them over a :class:`Drained` batch and fills its ``rows``
+(table -> rows, statements in :data:`TABLE_INSERTS`); ``milepost ingest`` writes them in
+the batch's transaction, a replay or a benchmark may just read them. The order, once:
+validate and dedupe fixes -> correct the vans' clocks (fixes, inventories, readings,
+proofs) -> inventories -> passes -> geofence events -> bindings, parcel events and ETAs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 from psycopg.types.json import Jsonb
 
@@ -26,10 +30,13 @@ from geo.transitions import Events, TransitionTracker
 from ingest import webhooks
 from ingest.batch import Drained, FixFrame
 from ingest.cargo import CargoTracker
-from ingest.parcels import CargoEvidence, ParcelStage, Plan, SensorEvidence
+from ingest.clocks import ClockChange, ClockTracker
+from ingest.parcels import CargoEvidence, ParcelStage, Plan, PodEvidence, SensorEvidence
 from ingest.passes import Passes, PassTracker, Reads
 from ingest.stages import StageResult, run_stages
 from ingest.writer import datetime_to_us, newest_per_vehicle, us_to_datetime
+
+log = logging.getLogger(__name__)
 
 TABLE_INSERTS: dict[str, str] = {
     "geofence": "INSERT INTO geofence_event (time, vehicle_id, stop_id, kind, dwell_s)"
@@ -74,11 +81,23 @@ TABLE_INSERTS: dict[str, str] = {
 PARCEL_STATE = "parcels"  # its name in ingest_state
 GEOFENCE_STATE = "geofences"  # the geofence tracker's (TransitionTracker.snapshot)
 ETA_STATE = "etas"  # the ETA estimator's (ParcelStage.eta_state)
+CLOCK_STATE = "clocks"  # the vans' clock offsets (ClockTracker.state)
 # an ETA state this small is written with every batch that changed it; a larger one (a
 # fleet of hundreds of vans) at most every so much receipt time, and a restart catches up
 # from the fixes and geofence events stored since (ParcelStage.restore_eta)
 ETA_STATE_SMALL = 256 * 1024
 ETA_STATE_EVERY_US = 60 * 1_000_000
+
+
+def _log_clock(c: ClockChange) -> None:
+    if c.offset_us:
+        log.warning("%s: its clock is %.0f s %s the fleet's; its times are corrected by"
+                    " %+.0f s (was %+.0f s)", c.vehicle_id, abs(c.offset_us) / 1e6,
+                    "ahead of" if c.offset_us > 0 else "behind", -c.offset_us / 1e6,
+                    -c.was_us / 1e6)  # fmt: skip
+    else:
+        log.info("%s: its clock agrees with the fleet's again; its times are used as they"
+                 " come (were corrected by %+.0f s)", c.vehicle_id, -c.was_us / 1e6)
 
 
 def pass_rows(p: Passes, vehicles: Sequence[str | None] = ()) -> list[tuple[Any, ...]]:
@@ -141,9 +160,11 @@ class Pipeline:
         self.transitions = TransitionTracker(FenceSet.empty())
         self.cargo = CargoTracker()
         self.parcels = ParcelStage()
+        self.clocks = ClockTracker()
         self.instance = instance  # whose row of ingest_state this pipeline writes
         self._roles: dict[tuple[str, int], str] = {}
         self._state_written = b""
+        self._clocks_written: dict[str, Any] = self.clocks.state()
         self._geo_snapshot: object = None  # the tracker's snapshot last written
         # the ETA state last written: the estimator's change count, event time and size
         self._eta_changes, self._eta_at_us, self._eta_size = -1, 0, 0
@@ -173,6 +194,13 @@ class Pipeline:
         n = self.parcels.restore_eta(state, fixes, fences)
         self._eta_changes = self.parcels.eta.changes  # (a catch-up is written with the next)
         self._eta_at_us = self._eta_size = 0
+        return n
+
+    def restore_clocks(self, state: Mapping[str, Any]) -> int:
+        """After a restart, before any batch: the vans' clock offsets as the last committed
+        batch left them (a redelivered fix gets the time it got). Returns the vans."""
+        n = self.clocks.restore(state)
+        self._clocks_written = self.clocks.state()
         return n
 
     def set_roles(self, roles: Mapping[tuple[str, int], str]) -> None:
@@ -227,9 +255,10 @@ class Pipeline:
     def process(self, drained: Drained) -> StageResult:
         """Run every stage over the batch; fill ``drained.rows``; return the valid fixes and
         the rejected ones (for dead_letter)."""
+        result = run_stages(drained.fixes)
+        result.frame = self._clocks_into(drained, result.frame)
         self._cargo_into(drained)
         passes = self._passes_of(drained)
-        result = run_stages(drained.fixes)
         events = self._transitions_into(drained, result.frame)
         self._parcels_into(drained, result.frame, passes, events)
         received = drained.fixes.received_us
@@ -237,6 +266,43 @@ class Pipeline:
                          received_us=int(received.max()) if len(received) else None)
         drained.rows["live"] = [(m,) for m in live_messages(result.frame, drained.rows)]
         return result
+
+    def _clocks_into(self, drained: Drained, frame: FixFrame) -> FixFrame:
+        """The vans' clock offsets, updated from the batch's valid fixes, and everything the
+        vans stamped in it corrected (ingest/clocks.py): the fixes (returned, with the
+        offsets in ``clock_us``), inventories, readings and proofs. Gate reads are stamped
+        by the host and stay as they are."""
+        clocks = self.clocks
+        if len(frame):
+            for change in clocks.observe(frame.vehicles, frame.vehicle, frame.fix["ts_us"],
+                                         frame.received_us):  # fmt: skip
+                _log_clock(change)
+        if not clocks.offsets:
+            return frame
+        if len(frame):
+            per_van = np.fromiter((clocks.offset_of(v) for v in frame.vehicles), np.int64,
+                                  len(frame.vehicles))  # fmt: skip
+            off = per_van[frame.vehicle]
+            if off.any():
+                fix = frame.fix.copy()
+                fix["ts_us"] -= off
+                frame = FixFrame(fix, frame.vehicle, frame.received_us, frame.vehicles, off)
+        ev, of = drained.evidence, clocks.offset_of
+        if scans := ev.get("scans"):
+            ev["scans"] = [(v, dataclasses.replace(s, ts_us=s.ts_us - of(v)) if of(v) else s)
+                           for v, s in scans]  # fmt: skip
+        if sensor := ev.get("sensor"):
+            ev["sensor"] = [dataclasses.replace(r, ts_us=r.ts_us - of(r.vehicle_id))
+                            if of(r.vehicle_id) else r for r in sensor]  # fmt: skip
+        if pods := ev.get("pod"):
+            ev["pod"] = [PodEvidence(p.vehicle_id, dataclasses.replace(
+                p.pod, ts_us=p.pod.ts_us - of(p.vehicle_id))) if of(p.vehicle_id) else p
+                for p in pods]  # fmt: skip
+        if rows := drained.rows.get("sensor"):  # (time, vehicle, temp_c, humidity)
+            drained.rows["sensor"] = [
+                (us_to_datetime(datetime_to_us(r[0]) - of(r[1])), *r[1:]) if of(r[1]) else r
+                for r in rows]  # fmt: skip
+        return frame
 
     def _cargo_into(self, drained: Drained) -> None:
         """The batch's inventories (``evidence["scans"]``), in event time (per van, ties in
@@ -310,6 +376,10 @@ class Pipeline:
             if snapshot is not self._geo_snapshot:  # the same object while nothing changed
                 self._geo_snapshot = snapshot
                 rows.append((self.instance, GEOFENCE_STATE, orjson.dumps(snapshot).decode()))
+        clocks = self.clocks.state()
+        if clocks != self._clocks_written:
+            rows.append((self.instance, CLOCK_STATE, orjson.dumps(clocks).decode()))
+            self._clocks_written = clocks
         changes = self.parcels.eta.changes
         if changes != self._eta_changes and self.parcels.ready and (
                 self._eta_size <= self.eta_small or (received_us is not None and received_us

@@ -68,6 +68,7 @@ from ingest.parcels import (
     load_plan,
 )
 from ingest.pipeline import (
+    CLOCK_STATE,
     ETA_STATE,
     GEOFENCE_STATE,
     INBOX_CHANNEL,
@@ -437,17 +438,18 @@ class Ingest:
                     plan = await load_plan(conn)
                     seed: list[tuple[str, str, str | None, str | None, int, bool, bool,
                                      float | None]] = []  # fmt: skip
-                    state = geofences = etas = None
+                    state = geofences = etas = clocks = None
                     newest: dict[str, tuple[int, float, float]] = {}
                     since: tuple[list[Any], list[Any]] = ([], [])  # ETA catch-up
                     if not self._plan_ready.is_set():
                         cur = await conn.execute(
                             "SELECT name, state FROM ingest_state WHERE instance = %s"
-                            " AND name IN (%s, %s, %s)", (self.pipeline.instance, PARCEL_STATE,
-                                                          GEOFENCE_STATE, ETA_STATE))  # fmt: skip
+                            " AND name IN (%s, %s, %s, %s)",
+                            (self.pipeline.instance, PARCEL_STATE, GEOFENCE_STATE, ETA_STATE,
+                             CLOCK_STATE))  # fmt: skip
                         states: dict[str, Any] = dict(await cur.fetchall())
                         state, geofences = states.get(PARCEL_STATE), states.get(GEOFENCE_STATE)
-                        etas = states.get(ETA_STATE)
+                        etas, clocks = states.get(ETA_STATE), states.get(CLOCK_STATE)
                         if etas:
                             since = await self._since_eta_state(conn, etas, plan.routes)
                         if geofences:  # the vans' newest fixes: the tracker's last ones
@@ -485,6 +487,12 @@ class Ingest:
                     self._restore_geofences(geofences, newest)
                 if etas:
                     self._restore_etas(etas, *since)
+                if clocks:
+                    ok, n = self._restoring("the vans' clock offsets",
+                                            self.pipeline.restore_clocks, clocks)  # fmt: skip
+                    if ok and n:
+                        log.info("clocks: restored the offsets of %d vans whose clock is off"
+                                 " (%s)", n, ", ".join(self.pipeline.clocks.offsets))  # fmt: skip
                 self._plan_ready.set()
             except psycopg.OperationalError as exc:
                 log.debug("cannot read the manifest (%s); keeping the plan", exc)

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 GPS_COLUMNS = (
     "time", "vehicle_id", "lon", "lat", "speed_mps", "heading_deg", "acc_m", "alt_m",
-    "sats", "hdop", "seq", "received_at",
+    "sats", "hdop", "seq", "received_at", "device_time",
 )  # fmt: skip
 
 
@@ -57,8 +57,17 @@ def gps_copy_payload(frame: FixFrame) -> bytes:
             copy.float_column(f["hdop"]),
             copy.int_column("int8", f["seq"]),
             copy.Column("timestamptz", frame.received_us),
+            _device_time(frame),
         ]
     )
+
+
+def _device_time(frame: FixFrame) -> copy.Column:
+    """gps_fix.device_time: the time the device stamped, where its clock was corrected."""
+    off = frame.clock_us
+    if off is None:
+        return copy.Column("timestamptz", frame.fix["ts_us"], np.ones(len(frame), bool))
+    return copy.Column("timestamptz", frame.fix["ts_us"] + off, off == 0)
 
 
 def newest_per_vehicle(frame: FixFrame) -> np.ndarray:
