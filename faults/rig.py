@@ -251,8 +251,8 @@ class Rig:
 
     def stored_seqs(self, van: Van) -> tuple[set[int], int]:
         """The van's stored fixes (by their device time) and the number of rows."""
-        rows = self.sql("SELECT (extract(epoch FROM time) * 1e6)::bigint FROM gps_fix"
-                        " WHERE vehicle_id = %s", van.vehicle)  # fmt: skip
+        rows = self.sql("SELECT (extract(epoch FROM coalesce(device_time, time)) * 1e6)::bigint"
+                        " FROM gps_fix WHERE vehicle_id = %s", van.vehicle)  # fmt: skip
         seqs = {round((us - T0_US - van.offset_us) / van.step_us) for (us,) in rows}
         return seqs, len(rows)
 

@@ -326,7 +326,8 @@ def test_ingest_state_rows_it_cannot_read_are_refused_with_a_warning_and_ingest_
         bad = {"parcels": {"v": 99},
                "geofences": {"v": 1, "pairs": 5},
                # times past any datetime, and no estimator
-               "etas": {"version": 1, "last_fix": {van: 10**20}, "eta_at": {}, "eta_last": {}}}
+               "etas": {"version": 1, "last_fix": {van: 10**20}, "eta_at": {}, "eta_last": {}},
+               "clocks": {"offsets_us": {van: 1.5}}}
         for name, doc in bad.items():
             db.execute("INSERT INTO ingest_state (instance, name, state) VALUES (%s, %s, %s)",
                        (client, name, json.dumps(doc)))  # fmt: skip
@@ -334,7 +335,8 @@ def test_ingest_state_rows_it_cannot_read_are_refused_with_a_warning_and_ingest_
         try:
             ing.wait_for("subscribed to")
             ing.wait_for("plan: 0 parcels")
-            for what in ("the parcel stage's state", "the geofence visits", "the ETA estimator"):
+            for what in ("the parcel stage's state", "the geofence visits", "the ETA estimator",
+                         "the vans' clock offsets"):
                 assert f"cannot restore {what}" in ing.text(), ing.text()
             t = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
             fix = orjson.dumps({"ts": t.isoformat(), "lat": HUB_LAT, "lon": HUB_LON})
@@ -342,6 +344,44 @@ def test_ingest_state_rows_it_cannot_read_are_refused_with_a_warning_and_ingest_
             wait_until(lambda: db.execute("SELECT count(*) FROM gps_fix WHERE vehicle_id = %s",
                                           (van,)).fetchone() == (1,), what="the fix")  # fmt: skip
             assert ing.proc.poll() is None
+        finally:
+            ing.stop()
+            forget_session(client)
+
+
+def test_a_vans_clock_offset_outlives_a_restart(spawn: Callable[..., Proc], env: dict[str, str],
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    """The clock offsets ingest learnt are in ingest_state: started again, it stores the
+    fixes of a van whose clock is 10 minutes ahead at the time they happened at once, with
+    the van's own time in device_time; a van whose clock is right, as it says."""
+    with scratch_database("milepost_clocks") as url, psycopg.connect(url, autocommit=True) as db:
+        client = f"milepost-clocks-{secrets.token_hex(3)}"
+        extra = {"MILEPOST_DATABASE_URL": url, "MILEPOST_MQTT_CLIENT_ID": client}
+        cli = cli_with({**env, **extra})
+        cli("migrate")
+        tag = secrets.token_hex(3).upper()
+        fast, right = f"CK{tag}-FAST", f"CK{tag}-RIGHT"
+        password = {van: cli("devices", "add", van) for van in (fast, right)}
+        db.execute("INSERT INTO ingest_state (instance, name, state) VALUES (%s, 'clocks', %s)",
+                   (client, json.dumps({"offsets_us": {fast: 600_000_000}})))  # fmt: skip
+        ing = spawn("ingest", extra_env=extra)
+        try:
+            ing.wait_for("subscribed to")
+            ing.wait_for(f"clocks: restored the offsets of 1 vans whose clock is off ({fast})")
+            t = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
+            for van, ts in ((fast, t + timedelta(minutes=10)), (right, t)):
+                fix = orjson.dumps({"ts": ts.isoformat(), "lat": HUB_LAT, "lon": HUB_LON})
+                assert pub(van, password[van], f"fleet/{van}/gps", [fix]).returncode == 0
+            rows: dict[str, tuple[datetime, datetime | None]] = {}
+
+            def stored() -> bool:
+                rows.update((v, (a, b)) for v, a, b in db.execute(
+                    "SELECT vehicle_id, time, device_time FROM gps_fix WHERE vehicle_id IN"
+                    " (%s, %s)", (fast, right)))  # fmt: skip
+                return len(rows) == 2
+
+            wait_until(stored, what="both fixes")
+            assert rows == {fast: (t, t + timedelta(minutes=10)), right: (t, None)}
         finally:
             ing.stop()
             forget_session(client)
