@@ -94,6 +94,7 @@ class ClockTracker:
         self.offsets: dict[str, int] = {}  # vans whose clock is off, device - corrected (us)
         self._seen: dict[str, tuple[int, int]] = {}  # van -> (received_us, lag_us), newest
         self._pending: dict[str, _Pending] = {}
+        self.reference_us = 0  # the fleet's lag at the last consensus (0, the host's, before)
 
     def observe(self, vehicles: list[str], codes: NDArray[np.int32], ts_us: NDArray[np.int64],
                 received_us: NDArray[np.int64]) -> list[ClockChange]:  # fmt: skip
@@ -119,6 +120,7 @@ class ClockTracker:
             ref = consensus_lag(np.fromiter((s[1] for s in self._seen.values()), np.int64))
         if ref is None:
             return []
+        self.reference_us = ref
         out = []
         for i in present.tolist():
             change = self._decide(vehicles[i], _whole_seconds(ref - int(lag[i])), int(newest[i]))

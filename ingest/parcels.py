@@ -502,9 +502,11 @@ class ParcelStage:
                              pod.reason, pod.signed_by, pod.photo_url)  # fmt: skip
 
     def _etas(self, vehicles: Sequence[str], newest: np.ndarray, out: ParcelOutput) -> None:
-        """Refresh the ETAs of the vans that reported, at most every ETA_EVERY_US."""
+        """Refresh the ETAs of the vans that reported, once in every ETA_EVERY_US of event
+        time (slots of the clock, not of the van's last refresh: a van's data held back
+        and let go at once is refreshed at the same moments after as if it had not been)."""
         due = {v for v, t in zip(vehicles, newest.tolist(), strict=True)
-               if t - self._eta_at.get(v, np.iinfo(np.int64).min // 2) >= ETA_EVERY_US}
+               if t // ETA_EVERY_US > self._eta_at.get(v, np.iinfo(np.int64).min) // ETA_EVERY_US}
         if not due:
             return
         for v, t in zip(vehicles, newest.tolist(), strict=True):

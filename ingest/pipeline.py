@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from numpy.typing import NDArray
 from psycopg.types.json import Jsonb
 
 from devices.epc import decode_epc
@@ -31,6 +32,7 @@ from ingest import webhooks
 from ingest.batch import Drained, FixFrame
 from ingest.cargo import CargoTracker
 from ingest.clocks import ClockChange, ClockTracker
+from ingest.hold import LATE_US, Admitted, BacklogHold
 from ingest.parcels import CargoEvidence, ParcelStage, Plan, PodEvidence, SensorEvidence
 from ingest.passes import Passes, PassTracker, Reads
 from ingest.stages import StageResult, run_stages
@@ -82,6 +84,7 @@ PARCEL_STATE = "parcels"  # its name in ingest_state
 GEOFENCE_STATE = "geofences"  # the geofence tracker's (TransitionTracker.snapshot)
 ETA_STATE = "etas"  # the ETA estimator's (ParcelStage.eta_state)
 CLOCK_STATE = "clocks"  # the vans' clock offsets (ClockTracker.state)
+HOLD_STATE = "held"  # late data held back (BacklogHold.state)
 # an ETA state this small is written with every batch that changed it; a larger one (a
 # fleet of hundreds of vans) at most every so much receipt time, and a restart catches up
 # from the fixes and geofence events stored since (ParcelStage.restore_eta)
@@ -161,10 +164,13 @@ class Pipeline:
         self.cargo = CargoTracker()
         self.parcels = ParcelStage()
         self.clocks = ClockTracker()
+        self.hold = BacklogHold()
         self.instance = instance  # whose row of ingest_state this pipeline writes
         self._roles: dict[tuple[str, int], str] = {}
         self._state_written = b""
         self._clocks_written: dict[str, Any] = self.clocks.state()
+        self._hold_written = self.hold.changes
+        self._now_us = 0  # the newest receipt time seen (a batch's, or the clock's)
         self._geo_snapshot: object = None  # the tracker's snapshot last written
         # the ETA state last written: the estimator's change count, event time and size
         self._eta_changes, self._eta_at_us, self._eta_size = -1, 0, 0
@@ -201,6 +207,13 @@ class Pipeline:
         batch left them (a redelivered fix gets the time it got). Returns the vans."""
         n = self.clocks.restore(state)
         self._clocks_written = self.clocks.state()
+        return n
+
+    def restore_hold(self, state: Mapping[str, Any]) -> int:
+        """After a restart, before any batch: the late data held back as the last committed
+        batch left it. Returns the vans."""
+        n = self.hold.restore(state)
+        self._hold_written = self.hold.changes
         return n
 
     def set_roles(self, roles: Mapping[tuple[str, int], str]) -> None:
@@ -256,53 +269,78 @@ class Pipeline:
         """Run every stage over the batch; fill ``drained.rows``; return the valid fixes and
         the rejected ones (for dead_letter)."""
         result = run_stages(drained.fixes)
-        result.frame = self._clocks_into(drained, result.frame)
+        raw = result.frame
+        late = self._clocks_of(raw)
+        result.frame = self._corrected(raw)  # stored with this batch
+        ev = drained.evidence
+        now_us = max([self._now_us, *ev.pop("clock", []),
+                      int(raw.received_us.max()) if len(raw) else 0])  # fmt: skip
+        self._now_us = now_us
+        got = self.hold.admit(raw, late, ev.pop("scans", []), ev.pop("sensor", []),
+                              ev.pop("pod", []), now_us)  # fmt: skip
+        for van in got.released:
+            log.info("%s: its late data goes to the stages in time order", van)
+        frame = self._evidence_into(drained, got)
         self._cargo_into(drained)
         passes = self._passes_of(drained)
-        events = self._transitions_into(drained, result.frame)
-        self._parcels_into(drained, result.frame, passes, events)
-        received = drained.fixes.received_us
-        self._state_into(drained, tracked=bool(len(result.frame) and len(self.transitions.fences)),
-                         received_us=int(received.max()) if len(received) else None)
+        events = self._transitions_into(drained, frame)
+        self._parcels_into(drained, frame, passes, events)
+        self._state_into(drained, tracked=bool(len(frame) and len(self.transitions.fences)),
+                         received_us=now_us if len(drained.fixes) else None)  # fmt: skip
         drained.rows["live"] = [(m,) for m in live_messages(result.frame, drained.rows)]
         return result
 
-    def _clocks_into(self, drained: Drained, frame: FixFrame) -> FixFrame:
-        """The vans' clock offsets, updated from the batch's valid fixes, and everything the
-        vans stamped in it corrected (ingest/clocks.py): the fixes (returned, with the
-        offsets in ``clock_us``), inventories, readings and proofs. Gate reads are stamped
-        by the host and stay as they are."""
+    def _clocks_of(self, frame: FixFrame) -> NDArray[np.bool_]:
+        """The vans' clock offsets, updated from the batch's valid fixes (ingest/clocks.py);
+        returns which fixes came late (ingest/hold.py), by the offsets now."""
+        if not len(frame):
+            return np.zeros(0, np.bool_)
         clocks = self.clocks
-        if len(frame):
-            for change in clocks.observe(frame.vehicles, frame.vehicle, frame.fix["ts_us"],
-                                         frame.received_us):  # fmt: skip
-                _log_clock(change)
-        if not clocks.offsets:
+        for change in clocks.observe(frame.vehicles, frame.vehicle, frame.fix["ts_us"],
+                                     frame.received_us):  # fmt: skip
+            _log_clock(change)
+        lag = frame.received_us - frame.fix["ts_us"] + self._offsets(frame)
+        late: NDArray[np.bool_] = lag - clocks.reference_us > LATE_US
+        return late
+
+    def _offsets(self, frame: FixFrame) -> NDArray[np.int64]:
+        of = self.clocks.offset_of
+        per_van = np.fromiter((of(v) for v in frame.vehicles), np.int64, len(frame.vehicles))
+        off: NDArray[np.int64] = per_van[frame.vehicle]
+        return off
+
+    def _corrected(self, frame: FixFrame) -> FixFrame:
+        """The fixes with their vans' clocks set right (the offsets in ``clock_us``)."""
+        if not self.clocks.offsets or not len(frame):
             return frame
-        if len(frame):
-            per_van = np.fromiter((clocks.offset_of(v) for v in frame.vehicles), np.int64,
-                                  len(frame.vehicles))  # fmt: skip
-            off = per_van[frame.vehicle]
-            if off.any():
-                fix = frame.fix.copy()
-                fix["ts_us"] -= off
-                frame = FixFrame(fix, frame.vehicle, frame.received_us, frame.vehicles, off)
-        ev, of = drained.evidence, clocks.offset_of
-        if scans := ev.get("scans"):
+        off = self._offsets(frame)
+        if not off.any():
+            return frame
+        fix = frame.fix.copy()
+        fix["ts_us"] -= off
+        return FixFrame(fix, frame.vehicle, frame.received_us, frame.vehicles, off)
+
+    def _evidence_into(self, drained: Drained, got: Admitted) -> FixFrame:
+        """What the hold let through, with the vans' clocks set right: inventories,
+        readings and proofs into ``drained.evidence``; the fixes returned. The batch's
+        sensor_reading rows are corrected as they are written. Gate reads are stamped by
+        the host and stay as they are."""
+        ev, of = drained.evidence, self.clocks.offset_of
+        if got.scans:
             ev["scans"] = [(v, dataclasses.replace(s, ts_us=s.ts_us - of(v)) if of(v) else s)
-                           for v, s in scans]  # fmt: skip
-        if sensor := ev.get("sensor"):
+                           for v, s in got.scans]  # fmt: skip
+        if got.sensor:
             ev["sensor"] = [dataclasses.replace(r, ts_us=r.ts_us - of(r.vehicle_id))
-                            if of(r.vehicle_id) else r for r in sensor]  # fmt: skip
-        if pods := ev.get("pod"):
+                            if of(r.vehicle_id) else r for r in got.sensor]  # fmt: skip
+        if got.pods:
             ev["pod"] = [PodEvidence(p.vehicle_id, dataclasses.replace(
                 p.pod, ts_us=p.pod.ts_us - of(p.vehicle_id))) if of(p.vehicle_id) else p
-                for p in pods]  # fmt: skip
-        if rows := drained.rows.get("sensor"):  # (time, vehicle, temp_c, humidity)
-            drained.rows["sensor"] = [
+                for p in got.pods]  # fmt: skip
+        if self.clocks.offsets and (rows := drained.rows.get("sensor")):
+            drained.rows["sensor"] = [  # (time, vehicle, temp_c, humidity)
                 (us_to_datetime(datetime_to_us(r[0]) - of(r[1])), *r[1:]) if of(r[1]) else r
                 for r in rows]  # fmt: skip
-        return frame
+        return self._corrected(got.frame)
 
     def _cargo_into(self, drained: Drained) -> None:
         """The batch's inventories (``evidence["scans"]``), in event time (per van, ties in
@@ -380,6 +418,9 @@ class Pipeline:
         if clocks != self._clocks_written:
             rows.append((self.instance, CLOCK_STATE, orjson.dumps(clocks).decode()))
             self._clocks_written = clocks
+        if self.hold.changes != self._hold_written:
+            rows.append((self.instance, HOLD_STATE, orjson.dumps(self.hold.state()).decode()))
+            self._hold_written = self.hold.changes
         changes = self.parcels.eta.changes
         if changes != self._eta_changes and self.parcels.ready and (
                 self._eta_size <= self.eta_small or (received_us is not None and received_us

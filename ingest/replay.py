@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from devices.fleet import CargoScan, ProofOfDelivery, SensorReading
 from devices.records import TAG_READ_DTYPE, US_PER_S
 from ingest.batch import Batch, Drained
+from ingest.hold import MAX_US
 from ingest.manifest import Manifest
 from ingest.parcels import PodEvidence, plan_from_manifest
 from ingest.pipeline import Pipeline
@@ -125,6 +126,8 @@ def replay(
             else:
                 batch.add_evidence("pod", PodEvidence(vehicle, record))
             k += 1
+        if pipeline.hold.vans:  # the receipt clock, as ingest's runs without a message
+            batch.add_evidence("clock", t_end)
         drained = batch.drain()
         pipeline.process(drained)
         flushed = pipeline.flush_passes(t_end)
@@ -140,6 +143,7 @@ def replay(
     rest = pipeline.flush_passes(None)
     if len(rest):
         last.add_evidence("passes", rest)
+    last.add_evidence("clock", end_us + MAX_US)  # whatever is held goes
     drained = last.drain()
     pipeline.process(drained)
     _keep(out, drained)

@@ -71,6 +71,7 @@ from ingest.pipeline import (
     CLOCK_STATE,
     ETA_STATE,
     GEOFENCE_STATE,
+    HOLD_STATE,
     INBOX_CHANNEL,
     PARCEL_STATE,
     TABLE_INSERTS,
@@ -438,18 +439,19 @@ class Ingest:
                     plan = await load_plan(conn)
                     seed: list[tuple[str, str, str | None, str | None, int, bool, bool,
                                      float | None]] = []  # fmt: skip
-                    state = geofences = etas = clocks = None
+                    state = geofences = etas = clocks = held = None
                     newest: dict[str, tuple[int, float, float]] = {}
                     since: tuple[list[Any], list[Any]] = ([], [])  # ETA catch-up
                     if not self._plan_ready.is_set():
                         cur = await conn.execute(
                             "SELECT name, state FROM ingest_state WHERE instance = %s"
-                            " AND name IN (%s, %s, %s, %s)",
+                            " AND name IN (%s, %s, %s, %s, %s)",
                             (self.pipeline.instance, PARCEL_STATE, GEOFENCE_STATE, ETA_STATE,
-                             CLOCK_STATE))  # fmt: skip
+                             CLOCK_STATE, HOLD_STATE))  # fmt: skip
                         states: dict[str, Any] = dict(await cur.fetchall())
                         state, geofences = states.get(PARCEL_STATE), states.get(GEOFENCE_STATE)
                         etas, clocks = states.get(ETA_STATE), states.get(CLOCK_STATE)
+                        held = states.get(HOLD_STATE)
                         if etas:
                             since = await self._since_eta_state(conn, etas, plan.routes)
                         if geofences:  # the vans' newest fixes: the tracker's last ones
@@ -493,6 +495,12 @@ class Ingest:
                     if ok and n:
                         log.info("clocks: restored the offsets of %d vans whose clock is off"
                                  " (%s)", n, ", ".join(self.pipeline.clocks.offsets))  # fmt: skip
+                if held:
+                    ok, n = self._restoring("the late data held back",
+                                            self.pipeline.restore_hold, held)  # fmt: skip
+                    if ok and n:
+                        log.info("held: restored %d late fixes of %d vans, to go to the stages"
+                                 " in time order", self.pipeline.hold.fixes_held(), n)  # fmt: skip
                 self._plan_ready.set()
             except psycopg.OperationalError as exc:
                 log.debug("cannot read the manifest (%s); keeping the plan", exc)
@@ -613,9 +621,14 @@ class Ingest:
 
     async def run_passes(self) -> None:
         """Close the passes of gates that went quiet (no read for the gap, by the clock that
-        stamps serial reads), so a parcel's pass does not wait for the next parcel."""
+        stamps serial reads), so a parcel's pass does not wait for the next parcel; and let
+        late data held back go once its time came (ingest/hold.py), messages or not."""
         while True:
             await asyncio.sleep(1.0)
+            t = now_us()
+            if self.pipeline.hold.due(t):
+                self._batch.add_evidence("clock", t)
+                self._wakeup.set()
             readers = [r for r in self.gates.readers.values() if r.connected]
             if self.pipeline.passes.open_count and readers:
                 self._sync_roles()

@@ -4,8 +4,9 @@ backlog at once and out of order leaves every parcel as if it had never been off
 The seeded day with every planted fault (simulators.day.FAULTS_DAY) is replayed through
 the pipeline in one-second batches twice: as it happens, and with everything one van
 stamped inside a 20-minute window (fixes, inventories, temperatures, proofs) arriving
-when the window ends, shuffled, in one batch. The final status, sub-status and van of
-every parcel, and every parcel event (status, sub-status, van, time, stop), must agree.
+when the window ends, shuffled, in one batch or spread over several. The final status,
+sub-status and van of every parcel, and every parcel event (status, sub-status, van,
+time, stop), must agree.
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ def lifecycle(r: Replayed) -> tuple[dict[str, tuple[Any, ...]], Counter[tuple[An
 
 class Offline:
     """The :data:`Arrival` of a van offline over [w0, w1): what it stamped then arrives
-    within half a second after w1 (one batch), in a seeded random order."""
+    within ``spread_s`` after w1 (half a second: one batch), in a seeded random order."""
 
-    def __init__(self, van: str, w0_us: int, w1_us: int, seed: int) -> None:
+    def __init__(self, van: str, w0_us: int, w1_us: int, seed: int,
+                 spread_s: float = 0.5) -> None:  # fmt: skip
         self.van, self.w0, self.w1 = van, w0_us, w1_us
+        self.spread_us = round(spread_s * US_PER_S)
         self.rng = np.random.default_rng(seed)
         self.held: Counter[str] = Counter()
 
@@ -65,7 +68,7 @@ class Offline:
         held = (ts_us >= self.w0) & (ts_us < self.w1)
         self.held[kind] += int(held.sum())
         out = ts_us.copy()
-        out[held] = self.w1 + self.rng.integers(0, US_PER_S // 2, int(held.sum()))
+        out[held] = self.w1 + self.rng.integers(0, self.spread_us, int(held.sum()))
         return out
 
 
@@ -81,21 +84,24 @@ def test_the_reference_day_reports_its_planted_faults(references: dict[bool, Rep
     assert {e[2] for e in events if e[3] == "AttemptFail"} == day.truth.attempts
 
 
-@pytest.mark.parametrize(("van", "from_s", "pods"), [
-    ("VAN-002", 1440, True),  # arrivals at three stops, a failed and a signed proof
-    ("VAN-002", 1440, False),  # the same, removals alone saying delivered
-    ("VAN-003", 2900, True),
-    ("VAN-003", 3600, True),
+@pytest.mark.parametrize(("van", "from_s", "pods", "spread_s"), [
+    ("VAN-002", 1440, True, 0.5),  # arrivals at three stops, a failed and a signed proof
+    ("VAN-002", 1440, False, 0.5),  # the same, removals alone saying delivered
+    ("VAN-003", 2900, True, 0.5),
+    ("VAN-003", 3600, True, 0.5),
+    # spread over four batches, each out of order (held back until the flush is over)
+    ("VAN-002", 1440, True, 4.0),
+    ("VAN-003", 3600, True, 4.0),
 ])  # fmt: skip
 def test_a_backlog_flushed_out_of_order_changes_no_parcel(
-    references: dict[bool, Replayed], van: str, from_s: int, pods: bool
+    references: dict[bool, Replayed], van: str, from_s: int, pods: bool, spread_s: float
 ) -> None:
     day, from_us = day_from(pods)
     w0 = day.start_us + from_s * US_PER_S
     w1 = w0 + WINDOW_S * US_PER_S
     stops = [s for (v, s), t in day.truth.arrivals_us.items() if v == van and w0 <= t < w1]
     assert stops, f"{van} reaches no stop in its window: the test would test nothing"
-    offline = Offline(van, w0, w1, seed=from_s)
+    offline = Offline(van, w0, w1, seed=from_s, spread_s=spread_s)
     got = play(day, from_us, offline)
     assert offline.held["gps"] > WINDOW_S // 2 and offline.held["cargo"] > 10  # it was offline
     (want_final, want_events), (got_final, got_events) = lifecycle(references[pods]), lifecycle(got)

@@ -327,7 +327,8 @@ def test_ingest_state_rows_it_cannot_read_are_refused_with_a_warning_and_ingest_
                "geofences": {"v": 1, "pairs": 5},
                # times past any datetime, and no estimator
                "etas": {"version": 1, "last_fix": {van: 10**20}, "eta_at": {}, "eta_last": {}},
-               "clocks": {"offsets_us": {van: 1.5}}}
+               "clocks": {"offsets_us": {van: 1.5}},
+               "held": {"version": 2, "vans": {}}}
         for name, doc in bad.items():
             db.execute("INSERT INTO ingest_state (instance, name, state) VALUES (%s, %s, %s)",
                        (client, name, json.dumps(doc)))  # fmt: skip
@@ -336,7 +337,7 @@ def test_ingest_state_rows_it_cannot_read_are_refused_with_a_warning_and_ingest_
             ing.wait_for("subscribed to")
             ing.wait_for("plan: 0 parcels")
             for what in ("the parcel stage's state", "the geofence visits", "the ETA estimator",
-                         "the vans' clock offsets"):
+                         "the vans' clock offsets", "the late data held back"):
                 assert f"cannot restore {what}" in ing.text(), ing.text()
             t = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
             fix = orjson.dumps({"ts": t.isoformat(), "lat": HUB_LAT, "lon": HUB_LON})
