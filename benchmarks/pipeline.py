@@ -71,7 +71,7 @@ VEHICLES = 10
 POLL_S = 0.01  # how often the latency probe (its own process) asks what is committed
 DRAIN_POLL_S = 0.025  # the drain watcher shares ingest's event loop: ask less often
 
-# newest committed fix per vehicle (the unique index on (vehicle_id, time) answers it)
+# newest committed fix per vehicle (the unique index on (vehicle_id, time, ...) answers it)
 _NEWEST = """
 SELECT v, (SELECT (extract(epoch FROM max(f.time)) * 1000000)::int8
            FROM gps_fix f WHERE f.vehicle_id = v AND f.time >= %s)

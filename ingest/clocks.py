@@ -17,9 +17,13 @@ enough of them; otherwise with the newest lag of every van seen within
 :data:`WINDOW_US` of receipt time. A van's candidate offset is the reference lag minus
 its own, in whole seconds.
 
-- **Ahead** (candidate above the applied offset by more than :data:`AHEAD_US`) is
-  unambiguous, since nothing arrives before it happened: it is applied at once, from
-  the batch that showed it.
+- **Ahead** (candidate above the applied offset by more than :data:`AHEAD_US`): where
+  the fleet keeps the host's time, nothing arrives before it happened, so the host's
+  clock proves the van ahead by at least minus its lag; the offset is applied at once,
+  the candidate where the proof agrees and else only the proof (a live van among vans
+  flushing backlogs looks ahead of them). A fleet ahead of the host (a replay) gives no
+  proof: the candidate is believed once it persisted :data:`AHEAD_CONFIRM_US` of
+  receipt time, and :meth:`ClockTracker.undecided` says whose data must wait.
 - **Behind** (below by more than :data:`BEHIND_US`) looks like late data: a van back
   from 20 minutes offline shows the same lag on its first messages. It is applied only
   once the candidates stayed within :data:`STEADY_US` of each other while the van's own
@@ -49,6 +53,7 @@ STEADY_US = 30 * US  # ... with its candidates within this of each other
 AGREE_US = 30 * US  # vans whose lags are this close agree on the time
 MIN_VANS = 2  # a consensus needs this many vans agreeing (and more than any other group)
 WINDOW_US = 5 * US  # receipt time: other vans' lags compared when a batch holds few vans
+AHEAD_CONFIRM_US = 10 * US  # receipt time: a van ahead of a replayed fleet, believed after
 _MAX = np.iinfo(np.int64).max
 
 
@@ -93,7 +98,8 @@ class ClockTracker:
     def __init__(self) -> None:
         self.offsets: dict[str, int] = {}  # vans whose clock is off, device - corrected (us)
         self._seen: dict[str, tuple[int, int]] = {}  # van -> (received_us, lag_us), newest
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, _Pending] = {}  # behind: since the van's own time
+        self._ahead: dict[str, _Pending] = {}  # ahead of a replayed fleet: since receipt time
         self.reference_us = 0  # the fleet's lag at the last consensus (0, the host's, before)
 
     def observe(self, vehicles: list[str], codes: NDArray[np.int32], ts_us: NDArray[np.int64],
@@ -123,15 +129,19 @@ class ClockTracker:
         self.reference_us = ref
         out = []
         for i in present.tolist():
-            change = self._decide(vehicles[i], _whole_seconds(ref - int(lag[i])), int(newest[i]))
+            change = self._decide(vehicles[i], _whole_seconds(ref - int(lag[i])), int(newest[i]),
+                                  int(lag[i]), int(got[i]), ref)  # fmt: skip
             if change is not None:
                 out.append(change)
         return out
 
-    def _decide(self, van: str, candidate: int, newest_us: int) -> ClockChange | None:
+    def _decide(self, van: str, candidate: int, newest_us: int, lag_us: int, received_us: int,
+                ref_us: int) -> ClockChange | None:  # fmt: skip
         applied = self.offsets.get(van, 0)
         if candidate > applied + AHEAD_US:
-            return self._apply(van, candidate, applied)
+            self._pending.pop(van, None)
+            return self._ahead_by(van, candidate, applied, lag_us, received_us, ref_us)
+        self._ahead.pop(van, None)
         if candidate >= applied - BEHIND_US:
             self._pending.pop(van, None)
             return None
@@ -144,8 +154,37 @@ class ClockTracker:
             return None
         return self._apply(van, _whole_seconds((p.lo_us + p.hi_us) // 2), applied)
 
+    def _ahead_by(self, van: str, candidate: int, applied: int, lag_us: int, received_us: int,
+                  ref_us: int) -> ClockChange | None:  # fmt: skip
+        """A van ahead of the fleet. Where the fleet keeps the host's time, the host's clock
+        proves how far ahead the van is at least (its fix came that long before it was
+        stamped): the offset is the candidate where the two agree, else only the proof (a
+        live van among vans flushing their backlogs looks ahead of them, and is not). A
+        fleet itself ahead of the host is a replay, and it has no such proof: the
+        candidate is believed once it persisted :data:`AHEAD_CONFIRM_US` of receipt time
+        (vans flushing after an outage look apart for a few seconds)."""
+        if ref_us >= -AGREE_US:
+            self._ahead.pop(van, None)
+            proof = _whole_seconds(-lag_us)
+            offset = candidate if candidate <= proof + AGREE_US else proof
+            return self._apply(van, offset, applied) if offset > applied + AHEAD_US else None
+        p = self._ahead.get(van)
+        if p is None or max(p.hi_us, candidate) - min(p.lo_us, candidate) > STEADY_US:
+            self._ahead[van] = _Pending(received_us, candidate, candidate)
+            return None
+        p.lo_us, p.hi_us = min(p.lo_us, candidate), max(p.hi_us, candidate)
+        if received_us - p.since_ts_us < AHEAD_CONFIRM_US:
+            return None
+        return self._apply(van, _whole_seconds((p.lo_us + p.hi_us) // 2), applied)
+
+    def undecided(self) -> set[str]:
+        """The vans whose clock looks off and is not yet believed, where the stages must
+        wait for it (a van ahead of a replayed fleet; a van behind looks late anyway)."""
+        return set(self._ahead)
+
     def _apply(self, van: str, offset_us: int, was_us: int) -> ClockChange:
         self._pending.pop(van, None)
+        self._ahead.pop(van, None)
         if offset_us:
             self.offsets[van] = offset_us
         else:
@@ -170,4 +209,5 @@ class ClockTracker:
                              " integer microseconds")  # fmt: skip
         self.offsets = dict(offsets)
         self._pending.clear()
+        self._ahead.clear()
         return len(self.offsets)

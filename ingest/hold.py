@@ -22,9 +22,9 @@ records in, arrays and records out; receipt times only, never the wall clock.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,6 +39,7 @@ US = 1_000_000
 LATE_US = 30 * US  # a fix this much later than the fleet's is late data
 QUIET_US = 2 * US  # a van's hold goes once no late fix of it came for this long
 MAX_US = 90 * US  # ... or once it held this long (a clock behind is confirmed in 60 s)
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -47,7 +48,7 @@ class _Held:
     last_late_us: int  # ... and its newest late fix came
     fixes: list[NDArray[Any]] = field(default_factory=list)  # GPS_FIX_DTYPE, device times
     received: list[NDArray[np.int64]] = field(default_factory=list)
-    scans: list[CargoScan] = field(default_factory=list)
+    scans: list[tuple[str, CargoScan]] = field(default_factory=list)
     sensor: list[SensorEvidence] = field(default_factory=list)
     pods: list[PodEvidence] = field(default_factory=list)
 
@@ -109,24 +110,9 @@ class BacklogHold:
                         h.fixes.append(frame.fix[mine])
                         h.received.append(frame.received_us[mine])
                         keep &= ~mine
-        out_scans: list[tuple[str, CargoScan]] = []
-        for van, scan in scans:
-            if van in held:
-                held[van].scans.append(scan)
-            else:
-                out_scans.append((van, scan))
-        out_sensor: list[SensorEvidence] = []
-        for r in sensor:
-            if r.vehicle_id in held:
-                held[r.vehicle_id].sensor.append(r)
-            else:
-                out_sensor.append(r)
-        out_pods: list[PodEvidence] = []
-        for p in pods:
-            if p.vehicle_id in held:
-                held[p.vehicle_id].pods.append(p)
-            else:
-                out_pods.append(p)
+        out_scans = _split(scans, [v for v, _ in scans], held, lambda h: h.scans)
+        out_sensor = _split(sensor, [r.vehicle_id for r in sensor], held, lambda h: h.sensor)
+        out_pods = _split(pods, [p.vehicle_id for p in pods], held, lambda h: h.pods)
         released = [van for van, h in held.items() if self._ready(h, now_us)]
         parts, codes, received = [frame.fix[keep]], [frame.vehicle[keep]], [frame.received_us[keep]]
         vehicles = list(frame.vehicles)
@@ -140,7 +126,7 @@ class BacklogHold:
                 parts.append(fixes)
                 codes.append(np.full(len(fixes), code, np.int32))
                 received.append(np.concatenate(h.received))
-            out_scans.extend((van, s) for s in h.scans)
+            out_scans.extend(h.scans)
             out_sensor.extend(h.sensor)
             out_pods.extend(h.pods)
         out = FixFrame(concat_fixes(parts), np.concatenate(codes), np.concatenate(received),
@@ -154,8 +140,9 @@ class BacklogHold:
             fix = concat_fixes(h.fixes) if h.fixes else np.empty(0, GPS_FIX_DTYPE)
             received = np.concatenate(h.received) if h.received else np.empty(0, np.int64)
             vans[van] = {"first_us": h.first_us, "last_late_us": h.last_late_us,
-                         "fixes": pack_arrays({"fix": fix.view(np.uint8), "received": received}),
-                         "scans": [[s.ts_us, list(s.epcs)] for s in h.scans],
+                         "fixes": pack_arrays({"fix": np.ascontiguousarray(fix).view(np.uint8),
+                                             "received": received}),
+                         "scans": [[s.ts_us, list(s.epcs)] for _, s in h.scans],
                          "sensor": [[r.ts_us, r.temp_c] for r in h.sensor],
                          "pods": [dataclasses.asdict(p.pod) for p in h.pods]}  # fmt: skip
         return {"version": 1, "vans": vans}
@@ -173,6 +160,18 @@ class BacklogHold:
         return len(held)
 
 
+def _split(items: Sequence[T], vans: Sequence[str], held: Mapping[str, _Held],
+           into: Callable[[_Held], list[T]]) -> list[T]:  # fmt: skip
+    """The items of vans not held; the others go into their van's hold."""
+    out = []
+    for item, van in zip(items, vans, strict=True):
+        if (h := held.get(van)) is None:
+            out.append(item)
+        else:
+            into(h).append(item)
+    return out
+
+
 def _restored(van: str, doc: Mapping[str, Any]) -> _Held:
     arrays = unpack_arrays(doc["fixes"])
     raw, received = arrays["fix"], arrays["received"]  # the fixes as bytes
@@ -183,7 +182,7 @@ def _restored(van: str, doc: Mapping[str, Any]) -> _Held:
     first, last = doc["first_us"], doc["last_late_us"]
     if not (type(first) is int and type(last) is int and first <= last):
         raise ValueError(f"{van}: first_us and last_late_us must be ordered integers")
-    scans = [CargoScan(_int(ts), tuple(str(e) for e in epcs)) for ts, epcs in doc["scans"]]
+    scans = [(van, CargoScan(_int(ts), tuple(str(e) for e in epcs))) for ts, epcs in doc["scans"]]
     sensor = [SensorEvidence(van, _int(ts), float(t)) for ts, t in doc["sensor"]]
     pods = [PodEvidence(van, ProofOfDelivery(**p)) for p in doc["pods"]]
     for p in pods:

@@ -301,6 +301,9 @@ class Pipeline:
             _log_clock(change)
         lag = frame.received_us - frame.fix["ts_us"] + self._offsets(frame)
         late: NDArray[np.bool_] = lag - clocks.reference_us > LATE_US
+        if undecided := clocks.undecided():  # their clock looks off, not believed yet
+            codes = [k for k, v in enumerate(frame.vehicles) if v in undecided]
+            late |= np.isin(frame.vehicle, codes)
         return late
 
     def _offsets(self, frame: FixFrame) -> NDArray[np.int64]:

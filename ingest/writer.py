@@ -1,10 +1,10 @@
 """The writer: one transaction per flush, one binary COPY per table.
 
-Fixes are COPYed straight into ``gps_fix``. The unique index on (vehicle_id, time)
-makes a redelivered fix a unique violation; then, and only then, the transaction is
-rolled back and done again with the fixes through a temporary staging table and
-``INSERT ... ON CONFLICT DO NOTHING``, so a fix is stored exactly once however often the
-broker delivers it.
+Fixes are COPYed straight into ``gps_fix``. The unique index on (vehicle_id, time,
+device_time) (nulls not distinct; migration 11) makes a redelivered fix a unique
+violation; then, and only then, the transaction is rolled back and done again with the
+fixes through a temporary staging table and ``INSERT ... ON CONFLICT DO NOTHING``, so a
+fix is stored exactly once however often the broker delivers it.
 
 Round trips are few, because each waits for the event loop as well as the server
 (measured in a 50-fix drain: about 10 ms each for BEGIN and a SAVEPOINT): BEGIN, the
@@ -227,7 +227,7 @@ class Writer:
             await cur.execute(
                 sql.SQL(
                     "INSERT INTO gps_fix ({c}) SELECT {c} FROM gps_fix_stage"
-                    " ON CONFLICT (vehicle_id, time) DO NOTHING"
+                    " ON CONFLICT (vehicle_id, time, device_time) DO NOTHING"
                 ).format(c=cols)
             )
             return max(cur.rowcount, 0)

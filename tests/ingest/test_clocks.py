@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 
 from devices.records import US_PER_S
 from ingest.clocks import (
+    AHEAD_CONFIRM_US,
     AHEAD_US,
     CONFIRM_US,
     ClockTracker,
@@ -94,6 +95,42 @@ def test_a_van_ahead_is_corrected_at_once_to_the_second(pace: float) -> None:
     assert fleet.batch(5) == {"C": TEN_MIN}
     for _ in range(100):
         assert fleet.batch(1) == {"C": TEN_MIN}
+
+
+def test_a_live_van_among_vans_flushing_their_backlogs_is_not_ahead() -> None:
+    """Most of the fleet sends fixes 500 s old, one van sends them as they happen: it looks
+    500 s ahead of the others, but the host's clock says it is not ahead at all."""
+    fleet = Fleet({"A": 0.0, "B": 0.0, "C": 0.0, "D": 0.0})
+    for _ in range(100):
+        assert fleet.batch(1, late_s={"A": 500.0, "B": 500.0, "C": 500.0}) == {}
+    # a van 10 minutes ahead among them: ahead as far as the host proves (100 s), then
+    # all of it once the fleet is live again
+    fleet.skew["D"] = 600.0  # and a van 10 minutes ahead among them: the host proves it
+    got = fleet.batch(1, late_s={"A": 500.0, "B": 500.0, "C": 500.0})
+    assert got.keys() == {"D"} and abs(got["D"] - TEN_MIN) <= 2 * S  # less its delay
+
+
+def test_a_replayed_fleet_believes_a_van_ahead_only_once_it_persisted() -> None:
+    """A day replayed at 50x runs far ahead of the host's clock; after a broker outage two
+    vans flush for a few seconds (what they send is 150 s of the day old) while a third is
+    live, and looks ahead of them."""
+    fleet = Fleet({"A": 0.0, "B": 0.0, "C": 0.0}, pace=50.0)
+    fleet.t_s = 100_000.0  # 98,000 s ahead of the host
+    for _ in range(20):
+        assert fleet.batch(50) == {}  # a second of receipt time each
+    fleet.skew.update(A=-150.0, B=-150.0)
+    for _ in range(5):
+        assert fleet.batch(50) == {}
+        assert fleet.tracker.undecided() == {"C"}  # its data waits (ingest/hold.py)
+    fleet.skew.update(A=0.0, B=0.0)
+    for _ in range(20):
+        assert fleet.batch(50) == {}
+    assert fleet.tracker.undecided() == set()
+    fleet.skew["C"] = 600.0  # now it is ahead: believed after AHEAD_CONFIRM_US
+    seen = [fleet.batch(50) for _ in range(20)]
+    waited = sum(1 for x in seen if not x)
+    assert AHEAD_CONFIRM_US / S <= waited <= AHEAD_CONFIRM_US / S + 2 and seen[-1] == {
+        "C": TEN_MIN}
 
 
 @pytest.mark.parametrize("pace", [1.0, 50.0])

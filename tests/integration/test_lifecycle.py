@@ -5,10 +5,12 @@ behind; then the parcel as a customer sees it through the API."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -37,6 +39,29 @@ DLON = 0.0088  # 600 m east at this latitude
 HUB_RING = [[HUB_LON - 0.0013, HUB_LAT - 0.0008], [HUB_LON + 0.0013, HUB_LAT - 0.0008],
             [HUB_LON + 0.0013, HUB_LAT + 0.0008], [HUB_LON - 0.0013, HUB_LAT + 0.0008],
             [HUB_LON - 0.0013, HUB_LAT - 0.0008]]  # fmt: skip
+
+
+@contextlib.contextmanager
+def own_ingest(name: str, env: dict[str, str]) -> Iterator[Own]:
+    """A scratch database, migrated, and the environment of an ingest of its own (its own
+    MQTT client id, whose session is forgotten after)."""
+    with scratch_database(f"milepost_{name}") as url, psycopg.connect(url, autocommit=True) as db:
+        client = f"milepost-{name}-{secrets.token_hex(3)}"
+        extra = {"MILEPOST_DATABASE_URL": url, "MILEPOST_MQTT_CLIENT_ID": client}
+        cli = cli_with({**env, **extra})
+        cli("migrate")
+        try:
+            yield Own(db, client, extra, cli)
+        finally:
+            forget_session(client)
+
+
+@dataclass
+class Own:
+    db: psycopg.Connection
+    client: str
+    extra: dict[str, str]
+    cli: Callable[..., str]
 
 
 def status_of(db: psycopg.Connection, tn: str) -> tuple[str, str | None, str | None]:
@@ -237,10 +262,8 @@ def test_kill_9_between_leaving_a_stop_and_the_attempts_grace_still_fails_the_at
     """The parcel stage's state between events (an attempt waiting out its grace) is in
     ingest_state, written with the batch that changed it: an ingest killed with SIGKILL
     in the grace is followed by one that reports the failed attempt all the same."""
-    with scratch_database("milepost_attempt") as url, psycopg.connect(url, autocommit=True) as db:
-        extra = {"MILEPOST_DATABASE_URL": url,
-                 "MILEPOST_MQTT_CLIENT_ID": f"milepost-attempt-{secrets.token_hex(3)}"}
-        cli = cli_with({**env, **extra})
+    with own_ingest("attempt", env) as own:
+        db, extra, cli = own.db, own.extra, own.cli
         tag = secrets.token_hex(3).upper()
         van, hub, s1 = f"AT{tag}-VAN", f"AT{tag}-HUB", f"AT{tag}-S1"
         (e1,) = epcs(1)
@@ -299,7 +322,6 @@ def test_kill_9_between_leaving_a_stop_and_the_attempts_grace_still_fails_the_at
         wait_until(lambda: status_of(db, tn)[0] == "AttemptFail", what="the failed attempt")
         assert status_of(db, tn) == ("AttemptFail", "AttemptFail_001", van)
         second.stop()
-        forget_session(extra["MILEPOST_MQTT_CLIENT_ID"])
 
 
 def test_ingest_state_rows_it_cannot_read_are_refused_with_a_warning_and_ingest_runs(
@@ -308,11 +330,8 @@ def test_ingest_state_rows_it_cannot_read_are_refused_with_a_warning_and_ingest_
     """A row of ingest_state that this version cannot read (another version wrote it, or
     it was edited by hand) must not stop ingest, nor start it in a loop of crashes: each
     is refused whole with a warning, the plan loads and fixes are stored."""
-    with scratch_database("milepost_badstate") as url, psycopg.connect(url, autocommit=True) as db:
-        client = f"milepost-badstate-{secrets.token_hex(3)}"
-        extra = {"MILEPOST_DATABASE_URL": url, "MILEPOST_MQTT_CLIENT_ID": client}
-        cli = cli_with({**env, **extra})
-        cli("migrate")
+    with own_ingest("badstate", env) as own:
+        db, client, extra, cli = own.db, own.client, own.extra, own.cli
         tag = secrets.token_hex(3).upper()
         van, hub = f"BS{tag}-VAN", f"BS{tag}-HUB"
         path = tmp_path / "day.json"
@@ -347,7 +366,6 @@ def test_ingest_state_rows_it_cannot_read_are_refused_with_a_warning_and_ingest_
             assert ing.proc.poll() is None
         finally:
             ing.stop()
-            forget_session(client)
 
 
 def test_a_vans_clock_offset_outlives_a_restart(spawn: Callable[..., Proc], env: dict[str, str],
@@ -355,11 +373,8 @@ def test_a_vans_clock_offset_outlives_a_restart(spawn: Callable[..., Proc], env:
     """The clock offsets ingest learnt are in ingest_state: started again, it stores the
     fixes of a van whose clock is 10 minutes ahead at the time they happened at once, with
     the van's own time in device_time; a van whose clock is right, as it says."""
-    with scratch_database("milepost_clocks") as url, psycopg.connect(url, autocommit=True) as db:
-        client = f"milepost-clocks-{secrets.token_hex(3)}"
-        extra = {"MILEPOST_DATABASE_URL": url, "MILEPOST_MQTT_CLIENT_ID": client}
-        cli = cli_with({**env, **extra})
-        cli("migrate")
+    with own_ingest("clocks", env) as own:
+        db, client, extra, cli = own.db, own.client, own.extra, own.cli
         tag = secrets.token_hex(3).upper()
         fast, right = f"CK{tag}-FAST", f"CK{tag}-RIGHT"
         password = {van: cli("devices", "add", van) for van in (fast, right)}
@@ -385,4 +400,3 @@ def test_a_vans_clock_offset_outlives_a_restart(spawn: Callable[..., Proc], env:
             assert rows == {fast: (t, t + timedelta(minutes=10)), right: (t, None)}
         finally:
             ing.stop()
-            forget_session(client)
