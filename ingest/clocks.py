@@ -9,13 +9,13 @@ is kept in ``gps_fix.device_time``).
 
 The reference is the fleet's consensus, not the host clock alone: a day replayed at 50x
 runs ahead of the wall clock for every van alike. Per batch, each van's *lag* is its
-smallest ``received - ts`` (its freshest fix: data cannot arrive before it is stamped);
-the reference lag is the median of the largest group of vans whose lags agree within
-:data:`AGREE_US` (at least :data:`MIN_VANS` of them; a tie goes to the group nearest
-the host clock). The vans of the batch are compared with each other when there are
-enough of them; otherwise with the newest lag of every van seen within
-:data:`WINDOW_US` of receipt time. A van's candidate offset is the reference lag minus
-its own, in whole seconds.
+smallest ``received - ts`` (its freshest fix: data cannot arrive before it is stamped),
+plus the offset applied to it; the reference lag is the median of the largest group of
+vans whose lags agree within :data:`AGREE_US` (at least :data:`MIN_VANS` of them; a tie
+goes to the group nearest the host clock). The vans of the batch are compared with each
+other when there are enough of them and they agree; otherwise with the newest lag of
+every van seen within :data:`WINDOW_US` of receipt time. A van's candidate offset is
+the reference lag minus its own raw lag, in whole seconds.
 
 - **Ahead** (candidate above the applied offset by more than :data:`AHEAD_US`): where
   the fleet keeps the host's time, nothing arrives before it happened, so the host's
@@ -116,11 +116,15 @@ class ClockTracker:
         got = np.full(n, -_MAX, np.int64)
         np.maximum.at(got, codes, received_us)
         present = np.flatnonzero(lag != _MAX)
-        for i in present.tolist():
-            self._seen[vehicles[i]] = (int(got[i]), int(lag[i]))
-        if len(present) >= MIN_VANS:
-            ref = consensus_lag(lag[present])
-        else:
+        # the vans agree on the time with their clocks set right as far as known: a van
+        # whose offset is applied votes with the lag it has corrected
+        of = self.offsets.get
+        fixed = lag[present] + np.fromiter((of(vehicles[i], 0) for i in present.tolist()),
+                                           np.int64, len(present))  # fmt: skip
+        for i, f in zip(present.tolist(), fixed.tolist(), strict=True):
+            self._seen[vehicles[i]] = (int(got[i]), f)
+        ref = consensus_lag(fixed) if len(present) >= MIN_VANS else None
+        if ref is None:  # too few vans in the batch, or they disagree: those seen lately
             now = int(received_us.max())
             self._seen = {v: s for v, s in self._seen.items() if now - s[0] <= WINDOW_US}
             ref = consensus_lag(np.fromiter((s[1] for s in self._seen.values()), np.int64))

@@ -36,7 +36,8 @@ from ingest.batch import FixFrame, concat_fixes
 from ingest.parcels import PodEvidence, SensorEvidence
 
 US = 1_000_000
-LATE_US = 30 * US  # a fix this much later than the fleet's is late data
+LATE_US = 120 * US  # a fix this much later than the fleet's is late data (and a clock this
+# far behind is confirmed or dropped by ingest/clocks.py, BEHIND_US: none is held for ever)
 QUIET_US = 2 * US  # a van's hold goes once no late fix of it came for this long
 MAX_US = 90 * US  # ... or once it held this long (a clock behind is confirmed in 60 s)
 T = TypeVar("T")
@@ -69,7 +70,7 @@ class BacklogHold:
 
     def __init__(self) -> None:
         self._held: dict[str, _Held] = {}
-        self.changes = 0  # counts what changed the state
+        self.changes = 0  # counts what changed the state (held, let go, a late fix's time)
 
     @property
     def vans(self) -> list[str]:
@@ -77,6 +78,12 @@ class BacklogHold:
 
     def fixes_held(self) -> int:
         return sum(len(a) for h in self._held.values() for a in h.fixes)
+
+    def since(self) -> dict[str, int]:
+        """Per held van, the receipt time of its first held fix: the stages have seen its
+        fixes received before, none after."""
+        return {van: min((int(r.min()) for r in h.received if len(r)), default=h.first_us)
+                for van, h in self._held.items()}  # fmt: skip
 
     def due(self, now_us: int) -> bool:
         """Whether a batch at ``now_us`` would let some van's hold go."""
@@ -97,30 +104,39 @@ class BacklogHold:
                 van = frame.vehicles[code]
                 h = held.setdefault(van, _Held(now_us, now_us))
                 h.last_late_us = now_us
+            self.changes += 1
         if not held:
             return Admitted(frame, list(scans), list(sensor), list(pods), [])
-        self.changes += 1
         keep = np.ones(len(frame), np.bool_)
         if len(frame):
-            code_of = {van: code for code, van in enumerate(frame.vehicles)}
-            for van, h in held.items():
-                if (code := code_of.get(van)) is not None:
-                    mine = frame.vehicle == code
-                    if mine.any():
-                        h.fixes.append(frame.fix[mine])
-                        h.received.append(frame.received_us[mine])
-                        keep &= ~mine
+            is_held = np.fromiter((v in held for v in frame.vehicles), np.bool_,
+                                  len(frame.vehicles))[frame.vehicle]  # fmt: skip
+            if is_held.any():
+                self.changes += 1
+                keep = ~is_held
+                idx = np.flatnonzero(is_held)
+                idx = idx[np.argsort(frame.vehicle[idx], kind="stable")]
+                codes_of, starts = np.unique(frame.vehicle[idx], return_index=True)
+                for code, part in zip(codes_of.tolist(), np.split(idx, starts[1:]), strict=True):
+                    h = held[frame.vehicles[code]]
+                    h.fixes.append(frame.fix[part])
+                    h.received.append(frame.received_us[part])
+        n_evidence = len(scans) + len(sensor) + len(pods)
         out_scans = _split(scans, [v for v, _ in scans], held, lambda h: h.scans)
         out_sensor = _split(sensor, [r.vehicle_id for r in sensor], held, lambda h: h.sensor)
         out_pods = _split(pods, [p.vehicle_id for p in pods], held, lambda h: h.pods)
+        if len(out_scans) + len(out_sensor) + len(out_pods) < n_evidence:
+            self.changes += 1
         released = [van for van, h in held.items() if self._ready(h, now_us)]
         parts, codes, received = [frame.fix[keep]], [frame.vehicle[keep]], [frame.received_us[keep]]
         vehicles = list(frame.vehicles)
+        code_of = {van: code for code, van in enumerate(vehicles)}
         for van in released:
+            self.changes += 1
             h = held.pop(van)
             if h.fixes:
-                code = vehicles.index(van) if van in vehicles else len(vehicles)
-                if code == len(vehicles):
+                if (code := code_of.get(van)) is None:
+                    code = code_of[van] = len(vehicles)
                     vehicles.append(van)
                 fixes = concat_fixes(h.fixes)
                 parts.append(fixes)

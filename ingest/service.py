@@ -454,11 +454,26 @@ class Ingest:
                         held = states.get(HOLD_STATE)
                         if etas:
                             since = await self._since_eta_state(conn, etas, plan.routes)
+                        if held:  # first, for the geofence tracker's last fixes
+                            held_ok, _ = self._restoring("the late data held back",
+                                                         self.pipeline.restore_hold, held)
+                            held = held if held_ok else None
                         if geofences:  # the vans' newest fixes: the tracker's last ones
                             cur = await conn.execute(
                                 "SELECT vehicle_id, time, lon, lat FROM vehicle_latest")
                             newest = {r[0]: (datetime_to_us(r[1]), r[2], r[3])
                                       for r in await cur.fetchall()}  # fmt: skip
+                            # but a held van's tracker saw only what came before its hold
+                            for van, since_us in self.pipeline.hold.since().items():
+                                cur = await conn.execute(
+                                    "SELECT time, lon, lat FROM gps_fix WHERE vehicle_id = %s"
+                                    " AND received_at < %s ORDER BY time DESC LIMIT 1",
+                                    (van, us_to_datetime(since_us)))  # fmt: skip
+                                row = await cur.fetchone()
+                                if row is None:
+                                    newest.pop(van, None)
+                                else:
+                                    newest[van] = (datetime_to_us(row[0]), row[1], row[2])
                         cur = await conn.execute(
                             "SELECT l.tracking_number, l.status, l.sub_status, l.vehicle_id,"
                             " l.time, EXISTS (SELECT FROM parcel_event e WHERE e.tracking_number"
@@ -495,11 +510,8 @@ class Ingest:
                     if ok and n:
                         log.info("clocks: restored the offsets of %d vans whose clock is off"
                                  " (%s)", n, ", ".join(self.pipeline.clocks.offsets))  # fmt: skip
-                if held:
-                    ok, n = self._restoring("the late data held back",
-                                            self.pipeline.restore_hold, held)  # fmt: skip
-                    if ok and n:
-                        log.info("held: restored %d late fixes of %d vans, to go to the stages"
+                if held and (n := len(self.pipeline.hold.vans)):
+                    log.info("held: restored %d late fixes of %d vans, to go to the stages"
                                  " in time order", self.pipeline.hold.fixes_held(), n)  # fmt: skip
                 self._plan_ready.set()
             except psycopg.OperationalError as exc:

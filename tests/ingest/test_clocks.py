@@ -97,6 +97,22 @@ def test_a_van_ahead_is_corrected_at_once_to_the_second(pace: float) -> None:
         assert fleet.batch(1) == {"C": TEN_MIN}
 
 
+def test_vans_whose_offset_is_known_vote_with_their_clock_set_right() -> None:
+    """Batches that hold only the two vans 10 minutes ahead, once known, leave them known
+    (with their raw lags they would agree on a reference 10 minutes off)."""
+    fleet = Fleet({"A": 0.0, "B": 0.0, "C": 600.0, "D": 600.0})
+    assert fleet.batch(2) == {"C": TEN_MIN, "D": TEN_MIN}
+    for _ in range(200):
+        assert fleet.batch(1, only=["C", "D"]) == {"C": TEN_MIN, "D": TEN_MIN}
+
+
+def test_a_batch_whose_vans_disagree_is_compared_with_the_vans_seen_lately() -> None:
+    fleet = Fleet({"A": 0.0, "B": 0.0, "C": 0.0, "D": 600.0})
+    assert fleet.batch(1, only=["A", "B", "C"]) == {}
+    fleet.t_s -= 1  # the same second, in the next batch: one van right, one ahead
+    assert fleet.batch(1, only=["C", "D"]) == {"D": TEN_MIN}
+
+
 def test_a_live_van_among_vans_flushing_their_backlogs_is_not_ahead() -> None:
     """Most of the fleet sends fixes 500 s old, one van sends them as they happen: it looks
     500 s ahead of the others, but the host's clock says it is not ahead at all."""
@@ -105,7 +121,7 @@ def test_a_live_van_among_vans_flushing_their_backlogs_is_not_ahead() -> None:
         assert fleet.batch(1, late_s={"A": 500.0, "B": 500.0, "C": 500.0}) == {}
     # a van 10 minutes ahead among them: ahead as far as the host proves (100 s), then
     # all of it once the fleet is live again
-    fleet.skew["D"] = 600.0  # and a van 10 minutes ahead among them: the host proves it
+    fleet.skew["D"] = 600.0  # a van 10 minutes ahead among them: the host proves it
     got = fleet.batch(1, late_s={"A": 500.0, "B": 500.0, "C": 500.0})
     assert got.keys() == {"D"} and abs(got["D"] - TEN_MIN) <= 2 * S  # less its delay
 

@@ -74,7 +74,7 @@ def test_a_backlog_over_several_batches_goes_at_once_when_the_flush_is_over() ->
 
 def test_data_late_all_along_goes_every_max_us() -> None:
     """A van that is always late (its clock behind, not confirmed yet; no fleet to compare
-    with): held, and let go every MAX_US, in time order within each."""
+    with): held, and let go every MAX_US."""
     h = BacklogHold()
     released, at = [], []
     for k in range(200):
@@ -105,6 +105,20 @@ def test_the_state_of_a_hold_goes_on_after_a_restart() -> None:
     for a, b in ((runs[0], runs[2]), (runs[1], runs[3])):
         assert times(a, "V") == times(b, "V") and a.pods == b.pods and a.sensor == b.sensor
     assert times(runs[1], "V") == sorted(ts) and runs[1].pods == [pod]
+
+
+def test_the_state_changes_only_with_what_is_held() -> None:
+    """The held row is written with a batch that changed the hold, not with every batch
+    while one lasts."""
+    h = BacklogHold()
+    admit(h, [("V", T0 - 600 * S, T0)], {"V"}, T0)
+    c = h.changes
+    admit(h, [("W", T0 + S // 2, T0 + S // 2)], set(), T0 + S // 2)  # others', not due
+    assert h.changes == c
+    admit(h, [("V", T0 + S, T0 + S)], set(), T0 + S)  # its live fix is held
+    assert h.changes == c + 1
+    a = admit(h, [], set(), T0 + S + QUIET_US)
+    assert a.released == ["V"] and h.changes == c + 2
 
 
 @pytest.mark.parametrize("bad", [
