@@ -15,12 +15,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import numpy as np
 import orjson
 import psycopg
 
 from api.routes.epcis import epc_uri
-from devices.records import TagRead
+from devices.records import GPS_FIX_DTYPE, TagRead
 from devices.rfid import ascii
+from ingest.batch import FixFrame
+from ingest.hold import BacklogHold
 from tests.api.test_epcis import errors, load_validator
 from tests.integration.conftest import (
     Proc,
@@ -398,5 +401,34 @@ def test_a_vans_clock_offset_outlives_a_restart(spawn: Callable[..., Proc], env:
 
             wait_until(stored, what="both fixes")
             assert rows == {fast: (t, t + timedelta(minutes=10)), right: (t, None)}
+        finally:
+            ing.stop()
+
+
+def test_late_data_held_at_a_crash_goes_to_the_stages_after_the_restart(
+    spawn: Callable[..., Proc], env: dict[str, str],
+) -> None:
+    """What the hold kept back (ingest/hold.py) is in ingest_state: the next ingest takes
+    it, and lets it go by its own clock, with no message coming."""
+    with own_ingest("held", env) as own:
+        van = f"HD{secrets.token_hex(3).upper()}-VAN"
+        t = time.time_ns() // 1000 - 1200 * 1_000_000
+        hold = BacklogHold()
+        fixes = np.zeros(3, GPS_FIX_DTYPE)
+        fixes["ts_us"] = [t, t + 1_000_000, t + 2_000_000]
+        fixes["lat_deg"], fixes["lon_deg"] = HUB_LAT, HUB_LON
+        got = np.full(3, t + 1200 * 1_000_000, np.int64)
+        hold.admit(FixFrame(fixes, np.zeros(3, np.int32), got, [van]), np.ones(3, np.bool_),
+                   [], [], [], int(got[0]))  # fmt: skip
+        own.db.execute("INSERT INTO ingest_state (instance, name, state) VALUES (%s, 'held', %s)",
+                       (own.client, json.dumps(hold.state())))  # fmt: skip
+        ing = spawn("ingest", extra_env=own.extra)
+        try:
+            ing.wait_for("held: restored 3 late fixes of 1 vans")
+            ing.wait_for(f"{van}: its late data goes to the stages in time order", timeout=5)
+            # and the next batch wrote the hold empty
+            wait_until(lambda: own.db.execute(
+                "SELECT state -> 'vans' FROM ingest_state WHERE instance = %s AND name = 'held'",
+                (own.client,)).fetchone() == ({},), what="the held row emptied")  # fmt: skip
         finally:
             ing.stop()
