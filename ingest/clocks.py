@@ -66,9 +66,9 @@ class ClockChange:
 
 @dataclass(slots=True)
 class _Pending:
-    """Candidates below the applied offset, waiting to be confirmed."""
+    """Candidates past the applied offset, waiting to be confirmed."""
 
-    since_ts_us: int  # the van's own time at the first of them
+    since_us: int  # at the first of them: the van's own time (behind) or receipt time (ahead)
     lo_us: int
     hi_us: int
 
@@ -86,6 +86,20 @@ def consensus_lag(lags_us: NDArray[np.int64]) -> int | None:
     starts = np.flatnonzero(sizes == best)
     medians = [int(np.median(s[i:ends[i]])) for i in starts.tolist()]
     return min(medians, key=abs)  # a tie: the group nearest the host clock
+
+
+def _confirmed(pending: dict[str, _Pending], van: str, candidate: int, at_us: int,
+               after_us: int) -> int | None:  # fmt: skip
+    """The offset, once the van's candidates stayed within :data:`STEADY_US` of each other
+    while ``at_us`` (its own time, or receipt time) advanced ``after_us``; None before."""
+    p = pending.get(van)
+    if p is None or max(p.hi_us, candidate) - min(p.lo_us, candidate) > STEADY_US:
+        pending[van] = _Pending(at_us, candidate, candidate)
+        return None
+    p.lo_us, p.hi_us = min(p.lo_us, candidate), max(p.hi_us, candidate)
+    if at_us - p.since_us < after_us:
+        return None
+    return _whole_seconds((p.lo_us + p.hi_us) // 2)
 
 
 def _whole_seconds(us: int) -> int:
@@ -149,14 +163,8 @@ class ClockTracker:
         if candidate >= applied - BEHIND_US:
             self._pending.pop(van, None)
             return None
-        p = self._pending.get(van)
-        if p is None or max(p.hi_us, candidate) - min(p.lo_us, candidate) > STEADY_US:
-            self._pending[van] = _Pending(newest_us, candidate, candidate)
-            return None
-        p.lo_us, p.hi_us = min(p.lo_us, candidate), max(p.hi_us, candidate)
-        if newest_us - p.since_ts_us < CONFIRM_US:
-            return None
-        return self._apply(van, _whole_seconds((p.lo_us + p.hi_us) // 2), applied)
+        offset = _confirmed(self._pending, van, candidate, newest_us, CONFIRM_US)
+        return None if offset is None else self._apply(van, offset, applied)
 
     def _ahead_by(self, van: str, candidate: int, applied: int, lag_us: int, received_us: int,
                   ref_us: int) -> ClockChange | None:  # fmt: skip
@@ -172,14 +180,8 @@ class ClockTracker:
             proof = _whole_seconds(-lag_us)
             offset = candidate if candidate <= proof + AGREE_US else proof
             return self._apply(van, offset, applied) if offset > applied + AHEAD_US else None
-        p = self._ahead.get(van)
-        if p is None or max(p.hi_us, candidate) - min(p.lo_us, candidate) > STEADY_US:
-            self._ahead[van] = _Pending(received_us, candidate, candidate)
-            return None
-        p.lo_us, p.hi_us = min(p.lo_us, candidate), max(p.hi_us, candidate)
-        if received_us - p.since_ts_us < AHEAD_CONFIRM_US:
-            return None
-        return self._apply(van, _whole_seconds((p.lo_us + p.hi_us) // 2), applied)
+        held_on = _confirmed(self._ahead, van, candidate, received_us, AHEAD_CONFIRM_US)
+        return None if held_on is None else self._apply(van, held_on, applied)
 
     def undecided(self) -> set[str]:
         """The vans whose clock looks off and is not yet believed, where the stages must
