@@ -3,12 +3,14 @@
 :class:`Pipeline` owns the stateful stages: gate passes (:mod:`ingest.passes`), the
 fixes' validation (:data:`ingest.stages.STAGES`), geofence transitions
 (:mod:`geo.transitions`), cargo inventories (:mod:`ingest.cargo`) and the parcel stage
-(:mod:`ingest.parcels`), with the vans' clock offsets (:mod:`ingest.clocks`) in front.
-:meth:`Pipeline.process` runs them over a :class:`Drained` batch and fills its ``rows``
-(table -> rows, statements in :data:`TABLE_INSERTS`); ``milepost ingest`` writes them in
-the batch's transaction, a replay or a benchmark may just read them. The order, once:
-validate and dedupe fixes -> correct the vans' clocks (fixes, inventories, readings,
-proofs) -> inventories -> passes -> geofence events -> bindings, parcel events and ETAs.
+(:mod:`ingest.parcels`), with the vans' clock offsets (:mod:`ingest.clocks`) and the
+hold for late data (:mod:`ingest.hold`) in front. :meth:`Pipeline.process` runs them
+over a :class:`Drained` batch and fills its ``rows`` (table -> rows, statements in
+:data:`TABLE_INSERTS`); ``milepost ingest`` writes them in the batch's transaction, a
+replay or a benchmark may just read them. The order, once: validate and dedupe fixes ->
+the vans' clock offsets (the fixes stored with them corrected) -> late data held back,
+what goes now corrected (fixes, inventories, readings, proofs) -> inventories -> passes
+-> geofence events -> bindings, parcel events and ETAs.
 """
 
 from __future__ import annotations
